@@ -1,0 +1,130 @@
+"""MNIST as in-memory tensors: an endless stream of shuffled training minibatches for
+step-based runs, the test split for evaluation, and fixed probe pools."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from l2o_lightning.errors import ConfigError
+
+DATA_DIR_ENV = "L2O_DATA_DIR"
+DEFAULT_DATA_DIR = "./data"
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+class DataNotFoundError(ConfigError):
+    """MNIST is neither under the data root nor downloadable."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The data root: the explicit setting, else ``$L2O_DATA_DIR``, else ``./data``."""
+    return Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
+
+
+@lru_cache(maxsize=4)
+def load_mnist(root: Path, train: bool, download: bool = True) -> tuple[Tensor, Tensor]:
+    """MNIST images as normalised ``[N, 784]`` float32, ``x = (pixel/255 - 0.1307) / 0.3081``,
+    and labels ``[N]`` int64. Downloads into ``root`` when the files are missing."""
+    from torchvision.datasets import MNIST
+
+    try:
+        dataset = MNIST(str(root), train=train, download=download)
+    except (RuntimeError, OSError) as err:
+        raise DataNotFoundError(
+            f"MNIST not found under '{root.resolve()}' and it could not be downloaded ({err}). "
+            f"Set the data root with the setting `data.data_dir` (e.g. `--data.data_dir PATH`) "
+            f"or the environment variable {DATA_DIR_ENV}; it must contain MNIST/raw/ with the "
+            "four IDX files. With internet access the default root ./data downloads MNIST."
+        ) from None
+    images = dataset.data.reshape(len(dataset.data), -1).float().div_(255.0)
+    return images.sub_(MNIST_MEAN).div_(MNIST_STD), dataset.targets.long()
+
+
+class EndlessMinibatches(IterableDataset):
+    """Shuffled minibatches forever: each pass over the data is a new permutation drawn
+    from a generator seeded with ``seed``; the last partial batch of a pass is dropped."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        n = len(self.x)
+        while True:
+            perm = torch.randperm(n, generator=generator)
+            for start in range(0, n - self.batch_size + 1, self.batch_size):
+                idx = perm[start : start + self.batch_size]
+                yield self.x[idx], self.y[idx]
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST for optimizee runs measured in steps.
+
+    Args:
+        data_dir: data root; ``None`` reads ``$L2O_DATA_DIR``, else ``./data``.
+        batch_size: training minibatch size (paper: 128).
+        eval_batch_size: batch size over the test split.
+        seed: seed of the training-batch order; ``None`` uses ``torch.initial_seed()``
+            (what ``seed_everything`` set), so runs with different seeds see different orders.
+        download: try to download MNIST when the files are missing.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        seed: int | None = None,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ConfigError(
+                f"batch sizes must be positive (got `data.batch_size`={batch_size}, "
+                f"`data.eval_batch_size`={eval_batch_size})."
+            )
+        self.save_hyperparameters()
+        self.data_dir = resolve_data_dir(data_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.download = download
+
+    def prepare_data(self) -> None:
+        load_mnist(self.data_dir, True, self.download)
+        load_mnist(self.data_dir, False, self.download)
+
+    @property
+    def train_tensors(self) -> tuple[Tensor, Tensor]:
+        return load_mnist(self.data_dir, True, self.download)
+
+    @property
+    def test_tensors(self) -> tuple[Tensor, Tensor]:
+        return load_mnist(self.data_dir, False, self.download)
+
+    def train_dataloader(self) -> DataLoader:
+        seed = torch.initial_seed() if self.seed is None else self.seed
+        return DataLoader(EndlessMinibatches(*self.train_tensors, self.batch_size, seed), batch_size=None)
+
+    def _test_loader(self) -> DataLoader:
+        return DataLoader(TensorDataset(*self.test_tensors), batch_size=self.eval_batch_size)
+
+    val_dataloader = _test_loader
+    test_dataloader = _test_loader
+
+    def probe_pool(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """A fixed pool of ``n`` distinct training samples (same ``seed`` -> same pool)."""
+        x, y = self.train_tensors
+        if not 0 < n <= len(x):
+            raise ConfigError(f"probe pool size must be in 1..{len(x)}, got {n}.")
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+        return x[idx], y[idx]

@@ -1,0 +1,41 @@
+"""Shared fixtures: the offline MNIST root and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The MNIST root; skips (fails under ``L2O_REQUIRE_DATA=1``, as in CI) when absent."""
+    root = Path(os.environ.get("L2O_DATA_DIR") or DEFAULT_SHARED_DATA).resolve()
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        message = (
+            f"MNIST not found under {root}: set L2O_DATA_DIR to a folder holding "
+            "MNIST/raw/ (the four IDX files), or run once with internet so torchvision downloads it"
+        )
+        if os.environ.get("L2O_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    os.environ["L2O_DATA_DIR"] = str(root)
+    return root
+
+
+@pytest.fixture
+def run_cli(mnist_dir, tmp_path, monkeypatch):
+    """Run ``l2o`` in-process from the repo root with logs under ``tmp_path``."""
+    from l2o_lightning.cli import main
+
+    monkeypatch.chdir(REPO)
+
+    def run(*args: str) -> None:
+        main([*args, "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+
+    return run
