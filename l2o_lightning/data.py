@@ -38,8 +38,9 @@ def load_mnist(root: Path, train: bool, download: bool = True) -> tuple[Tensor, 
     try:
         dataset = MNIST(str(root), train=train, download=download)
     except (RuntimeError, OSError) as err:
+        reason = " ".join(str(err).split())
         raise DataNotFoundError(
-            f"MNIST not found under '{root.resolve()}' and it could not be downloaded ({err}). "
+            f"MNIST not found under '{root.resolve()}' and it could not be downloaded ({reason}). "
             f"Set the data root with the setting `data.data_dir` (e.g. `--data.data_dir PATH`) "
             f"or the environment variable {DATA_DIR_ENV}; it must contain MNIST/raw/ with the "
             "four IDX files. With internet access the default root ./data downloads MNIST."

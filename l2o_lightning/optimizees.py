@@ -128,7 +128,7 @@ class MLP(nn.Module):
         self.activation = activation
         self.batchnorm = batchnorm
         widths = (in_features, *self.hidden, num_classes)
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.norms = nn.ModuleList(
             nn.BatchNorm1d(h, affine=True, track_running_stats=False) for h in self.hidden
         ) if batchnorm else nn.ModuleList()

@@ -33,6 +33,7 @@ def run_cli(mnist_dir, tmp_path, monkeypatch):
     from l2o_lightning.cli import main
 
     monkeypatch.chdir(REPO)
+    monkeypatch.setattr("sys.argv", ["l2o"])  # LightningCLI warns when pytest's argv is present
 
     def run(*args: str) -> None:
         main([*args, "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),

@@ -1,0 +1,79 @@
+"""The MLP optimizee: functional form == module form, layout round trip, symmetry groups."""
+
+import pytest
+import torch
+
+from l2o_lightning.errors import ConfigError
+from l2o_lightning.optimizees import MLP
+
+OPTIMIZEES = {
+    "leaky_relu": dict(hidden=[20], activation="leaky_relu"),
+    "relu": dict(hidden=[20], activation="relu"),
+    "sigmoid": dict(hidden=[20], activation="sigmoid"),
+    "linear": dict(hidden=[20], activation="linear"),
+    "bn_relu": dict(hidden=[20], activation="relu", batchnorm=True),
+    "deep_bn_leaky": dict(hidden=[16, 12, 8], activation="leaky_relu", batchnorm=True),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZEES)
+def test_functional_matches_module_loss_and_gradients(name):
+    torch.manual_seed(0)
+    model = MLP(**OPTIMIZEES[name])
+    x, y = torch.randn(32, 784), torch.randint(0, 10, (32,))
+    module_loss = torch.nn.functional.cross_entropy(model(x), y)
+    module_grads = torch.autograd.grad(module_loss, list(model.parameters()))
+
+    flat = model.flat_parameters().requires_grad_()
+    functional_loss = model.functional_loss(flat, x, y)
+    (flat_grad,) = torch.autograd.grad(functional_loss, flat)
+
+    torch.testing.assert_close(functional_loss, module_loss, rtol=0, atol=0)
+    expected = model.layout.flatten(dict(zip(model.layout.names, module_grads, strict=True)))
+    torch.testing.assert_close(flat_grad, expected, rtol=0, atol=0)
+
+
+def test_layout_round_trip_and_batched_views():
+    model = MLP(hidden=[5, 4], batchnorm=True)
+    flat = torch.arange(model.layout.numel, dtype=torch.float32)
+    assert torch.equal(model.layout.flatten(model.layout.unflatten(flat)), flat)
+    batched = model.layout.unflatten(torch.stack([flat, -flat]))
+    assert batched["linears.0.weight"].shape == (2, 5, 784)
+    assert torch.equal(batched["linears.2.bias"][1], -flat[model.layout.slices["linears.2.bias"]])
+
+
+def test_sample_flat_is_seeded_and_follows_default_init_bounds():
+    model = MLP(hidden=[20], batchnorm=True)
+    a = model.sample_flat(torch.Generator().manual_seed(3))
+    b = model.sample_flat(torch.Generator().manual_seed(3))
+    c = model.sample_flat(torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    params = model.layout.unflatten(a)
+    assert params["linears.0.weight"].abs().max() <= 784**-0.5
+    assert torch.equal(params["norms.0.weight"], torch.ones(20))
+
+
+def test_symmetry_groups_follow_the_architecture():
+    kinds = lambda m: [(g.kind, g.layer) for g in m.symmetry_groups()]  # noqa: E731
+    assert kinds(MLP(hidden=[20], activation="leaky_relu")) == [
+        ("rescale", "hidden0"), ("translation", "output")]
+    assert kinds(MLP(hidden=[20], activation="sigmoid")) == [("translation", "output")]
+    deep = MLP(hidden=[8, 8], activation="relu", batchnorm=True)
+    assert kinds(deep) == [("scale", "hidden0"), ("rescale", "hidden0"),
+                           ("scale", "hidden1"), ("rescale", "hidden1"), ("translation", "output")]
+    rescale = deep.symmetry_groups()[1]
+    assert rescale.incoming == ("norms.0.weight", "norms.0.bias")
+    assert rescale.outgoing == ("linears.1.weight",)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(activation="tanh"), r"unknown activation 'tanh'.*model.activation.*leaky_relu"),
+        (dict(hidden=[20, 0]), r"invalid hidden sizes \[20, 0\].*model.hidden.*positive"),
+        (dict(hidden=[-3]), r"model.hidden"),
+    ],
+)
+def test_bad_optimizee_settings_name_the_setting(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        MLP(**kwargs)
