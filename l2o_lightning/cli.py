@@ -10,7 +10,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 from l2o_lightning.data import MNISTDataModule
-from l2o_lightning.errors import ConfigError
+from l2o_lightning.errors import ConfigError, DivergenceError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -33,7 +33,8 @@ def _innermost_reason(message: str) -> str:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the CLI; invalid settings end with one paragraph on stderr and exit code 2."""
+    """Run the CLI; an invalid setting ends with one paragraph on stderr and exit code 2,
+    a diverging run with exit code 3."""
     # the modules' own configure_optimizers only explains how to pass --optimizer
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
     no_exit = {"exit_on_error": False}
@@ -53,6 +54,9 @@ def main(args: list[str] | None = None) -> None:
     except ConfigError as err:
         print(f"l2o: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except DivergenceError as err:
+        print(f"l2o: error: {err}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

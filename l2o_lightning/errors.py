@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A setting is invalid; the message names the setting and what is allowed."""
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or update; the message names the step and optimizer."""

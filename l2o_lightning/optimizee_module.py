@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from l2o_lightning.errors import ConfigError
+from l2o_lightning.errors import ConfigError, DivergenceError
 from l2o_lightning.optimizees import MLP
 
 
@@ -45,6 +46,8 @@ class OptimizeeModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, logits, y = self.model_step(batch)
+        if not torch.isfinite(loss):
+            raise DivergenceError(self._divergence_message(loss))
         self.train_acc(logits, y)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc)
@@ -58,6 +61,14 @@ class OptimizeeModule(L.LightningModule):
         self.log("test/acc", self.test_acc, prog_bar=True)
 
     test_step = validation_step
+
+    def _divergence_message(self, loss: Tensor) -> str:
+        optimizer = type(self.trainer.optimizers[0]).__name__ if self.trainer.optimizers else "?"
+        return (
+            f"the optimizee diverged: train loss is {loss.item()} at step {self.global_step} "
+            f"with optimizer {optimizer}. Lower its learning rate (`--optimizer.lr`) or check the "
+            "optimizer checkpoint; logs written so far are kept."
+        )
 
     def configure_optimizers(self) -> None:
         raise ConfigError(

@@ -77,3 +77,28 @@ def test_console_script_exits_nonzero_without_traceback(mnist_dir):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "unknown activation 'swish'" in result.stderr
+
+
+def test_diverging_optimizer_stops_naming_step_and_optimizer_and_keeps_logs(run_cli, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", "configs/optimizers/sgd.yaml",
+                "--optimizer.lr", "1e4")
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err
+    step = int(re.search(r"diverged: train loss is nan at step (\d+) with optimizer SGD", err).group(1))
+    (run_dir,) = (tmp_path / "logs" / "meta_test" / "leaky_relu").iterdir()
+    logged_steps = [s for s, _ in read_scalars(run_dir)["train/loss"]]
+    assert logged_steps == list(range(step))
+
+
+def test_same_seed_same_losses_other_seed_other_losses(run_cli, tmp_path):
+    def losses(seed, version):
+        run_cli("fit", "-c", "configs/meta_test/bn_relu.yaml", "-c", "configs/optimizers/lion.yaml",
+                "--trainer.max_steps", "40", "--trainer.val_check_interval", "40",
+                "--seed_everything", str(seed), "--trainer.logger.init_args.version", version)
+        run_dir = tmp_path / "logs" / "meta_test" / "bn_relu" / version
+        return [value for _, value in read_scalars(run_dir)["train/loss"]]
+
+    first = losses(7, "a")
+    assert losses(7, "b") == first
+    assert losses(8, "c") != first
