@@ -1,0 +1,163 @@
+"""The paper's figures from a study's runs (matplotlib, 150 dpi): one colour per optimizer,
+solid for learned optimizers, dashed for hand-designed baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from l2o_lightning.runs import Run, aggregate, select  # noqa: E402
+
+DPI = 150
+COLORS = {
+    "l2o": "tab:red", "l2o_beta0.1": "tab:orange", "l2o_beta0.5": "tab:olive", "l2o_beta1": "tab:brown",
+    "sgd": "tab:blue", "adam": "tab:green", "lion": "tab:purple",
+    "lion_sgd_0.1": "tab:cyan", "lion_sgd_0.25": "tab:pink", "lion_sgd_0.5": "tab:gray",
+}
+HISTOGRAM_STEPS = (1, 5, 10, 30, 100, 500)
+
+
+def _style(optimizer: str) -> dict[str, object]:
+    learned = optimizer.startswith("l2o")
+    return {"color": COLORS.get(optimizer), "linestyle": "-" if learned else "--", "label": optimizer}
+
+
+def _present(runs: list[Run], optimizee: str, wanted: tuple[str, ...] | None = None) -> list[str]:
+    names = sorted({r.optimizer for r in runs if r.optimizee == optimizee})
+    return [o for o in wanted if o in names] if wanted else names
+
+
+def _band(ax: plt.Axes, runs: list[Run], optimizee: str, optimizer: str, tag: str) -> None:
+    """Seed mean +- std of ``tag`` for one optimizer."""
+    agg = aggregate(select(runs, optimizee, optimizer), tag)
+    if agg is None:
+        return
+    style = _style(optimizer)
+    ax.plot(agg.steps, agg.mean, **style)
+    ax.fill_between(agg.steps, agg.mean - agg.std, agg.mean + agg.std, color=style["color"], alpha=0.2)
+
+
+def _panel(ax, runs, optimizee, optimizers, tag, title, ylabel, log=False) -> None:
+    for optimizer in optimizers:
+        _band(ax, runs, optimizee, optimizer, tag)
+    ax.set(title=title, xlabel="optimizee step", ylabel=ylabel)
+    if log:
+        ax.set_yscale("log")
+    if ax.lines:
+        ax.legend(fontsize=7)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def fig1_symmetry(runs: list[Run], out: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    order = ("l2o", "lion", "adam", "sgd")
+    _panel(axes[0], runs, "leaky_relu", _present(runs, "leaky_relu", order),
+           "symmetry/rescale/update/abs_sum", "Rescale symmetry breaking (Leaky ReLU)", "|sum_j d_j|")
+    _panel(axes[1], runs, "bn_relu", _present(runs, "bn_relu", order),
+           "symmetry/scale/update/abs_sum", "Scale symmetry breaking (BN + ReLU)", "|sum_j d_j|")
+    _save(fig, out / "fig1_symmetry.png")
+
+
+def fig2_regularization(runs: list[Run], out: Path) -> None:
+    order = ("l2o", "l2o_beta0.1", "l2o_beta0.5", "l2o_beta1", "sgd", "adam", "lion")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, optimizee in zip(axes, ("leaky_relu", "bn_relu"), strict=True):
+        _panel(ax, runs, optimizee, _present(runs, optimizee, order), "train/loss",
+               f"Symmetry-breaking regularization ({optimizee})", "train loss", log=True)
+    _save(fig, out / "fig2_regularization.png")
+
+
+def fig3_tail_covariance(runs: list[Run], out: Path) -> None:
+    order = ("l2o", "lion", "adam", "sgd")
+    present = _present(runs, "leaky_relu", order)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.38
+    for i, optimizer in enumerate(present):
+        cell = select(runs, "leaky_relu", optimizer)
+        bars = ((-width / 2, "tail_index/grad", "//"), (width / 2, "tail_index/update", ""))
+        for offset, tag, hatch in bars:
+            agg = aggregate(cell, tag)
+            if agg is not None:
+                axes[0].bar(i + offset, agg.mean.mean(), width, yerr=agg.std.mean(), hatch=hatch,
+                            color=COLORS.get(optimizer), edgecolor="black")
+    axes[0].set_xticks(range(len(present)), present)
+    axes[0].set(title="Tail index (hatched: gradient noise, plain: update noise)", ylabel="alpha")
+    _panel(axes[1], runs, "leaky_relu", present, "covariance/top_eig",
+           "Top eigenvalue of the update covariance", "lambda_max", log=True)
+    _save(fig, out / "fig3_tail_covariance.png")
+
+
+def fig_histograms(runs: list[Run], out: Path) -> None:
+    order = ("l2o", "lion", "adam", "sgd")
+    present = _present(runs, "leaky_relu", order)
+    fig, axes = plt.subplots(1, len(HISTOGRAM_STEPS), figsize=(3 * len(HISTOGRAM_STEPS), 3), sharey=True)
+    for optimizer in present:
+        cell = select(runs, "leaky_relu", optimizer)
+        if not cell:
+            continue
+        per_step = cell[0].histograms("update_hist/linears.0.weight")
+        for ax, step in zip(axes, HISTOGRAM_STEPS, strict=True):
+            logged = [s for s in per_step if s <= step]
+            if not logged:
+                continue
+            edges, counts = per_step[max(logged)]
+            ax.step(edges, counts / max(counts.sum(), 1), where="post", **_style(optimizer))
+    for ax, step in zip(axes, HISTOGRAM_STEPS, strict=True):
+        ax.set(title=f"step {step}", xlabel="|update| (first layer)", xscale="symlog")
+    axes[0].set_ylabel("fraction of weights")
+    axes[-1].legend(fontsize=7)
+    _save(fig, out / "fig_histograms.png")
+
+
+def fig_lion_sgd(runs: list[Run], out: Path) -> None:
+    order = ("lion", "lion_sgd_0.5", "lion_sgd_0.25", "lion_sgd_0.1", "sgd")
+    present = _present(runs, "leaky_relu", order)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    _panel(axes[0], runs, "leaky_relu", present, "symmetry/translation/update/abs_sum",
+           "Translation symmetry breaking (Lion-SGD)", "|sum_i d_i|")
+    _panel(axes[1], runs, "leaky_relu", present, "train/loss", "Train loss (Lion-SGD)", "train loss",
+           log=True)
+    _save(fig, out / "fig_lion_sgd.png")
+
+
+def fig_generalization(runs: list[Run], out: Path) -> None:
+    """L2O meta-trained on one optimizee (``l2o_from_<name>``; ``l2o`` = its own) vs Adam,
+    as the ratio of mean train loss over the first 200 steps."""
+    prefix = "l2o_from_"
+    sources = sorted({r.optimizer.removeprefix(prefix) for r in runs if r.optimizer.startswith(prefix)})
+    if not sources:
+        return
+    optimizees = sorted({r.optimizee for r in runs if r.optimizer == "l2o" or r.optimizer.startswith(prefix)})
+    matrix = np.full((len(sources), len(optimizees)), np.nan)
+    for i, source in enumerate(sources):
+        for j, target in enumerate(optimizees):
+            label = "l2o" if source == target else f"l2o_from_{source}"
+            l2o = aggregate(select(runs, target, label), "train/loss")
+            adam = aggregate(select(runs, target, "adam"), "train/loss")
+            if l2o is not None and adam is not None:
+                matrix[i, j] = l2o.window_mean(0, 199) / adam.window_mean(0, 199)
+    fig, ax = plt.subplots(figsize=(1.6 * len(optimizees) + 2, 1.2 * len(sources) + 1.5))
+    image = ax.imshow(matrix, cmap="RdYlGn_r", vmin=0.5, vmax=1.5)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(optimizees)), optimizees, rotation=30)
+    ax.set_yticks(range(len(sources)), sources)
+    ax.set(xlabel="meta-tested on", ylabel="meta-trained on", title="L2O / Adam mean loss, steps 1-200")
+    fig.colorbar(image, ax=ax)
+    _save(fig, out / "fig_generalization.png")
+
+
+def write_all(runs: list[Run], out: Path) -> None:
+    for figure in (fig1_symmetry, fig2_regularization, fig3_tail_covariance, fig_histograms, fig_lion_sgd,
+                   fig_generalization):
+        figure(runs, out)
