@@ -1,0 +1,15 @@
+"""Training-dynamics probes as Lightning callbacks (thin glue over
+:mod:`l2o_lightning.dynamics`). TensorBoard tags, x = optimizee step:
+
+- ``symmetry/{rescale,scale,translation}/{update,grad}/{abs_sum,sum_abs,normalized}``
+- ``tail_index/{grad,update}``
+- ``covariance/{top_eig,trace}``
+- ``update/{abs_mean,abs_max,norm}``, histograms ``update_hist/<param>``, ``grad_hist/<param>``
+"""
+
+from l2o_lightning.callbacks.covariance import CovarianceProbe
+from l2o_lightning.callbacks.symmetry import SymmetryProbe
+from l2o_lightning.callbacks.tail_index import TailIndexProbe
+from l2o_lightning.callbacks.update_stats import UpdateStatsProbe
+
+__all__ = ["CovarianceProbe", "SymmetryProbe", "TailIndexProbe", "UpdateStatsProbe"]

@@ -1,0 +1,186 @@
+"""Shared glue of the probes: when they run, where they log, what they read.
+
+A probe reads the optimizee as ``pl_module.optimizee`` (an :class:`~l2o_lightning.optimizees.MLP`)
+and the optimizer as ``trainer.optimizers[0]``, logs to the run's TensorBoard logger at
+x = the optimizee step being taken (``trainer.global_step`` before it), and never perturbs
+training: it only reads detached copies and draws no random numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torch.optim import Optimizer
+
+from l2o_lightning.dynamics.per_sample import pool_gradients
+from l2o_lightning.dynamics.update_rules import optimizer_params, updates
+from l2o_lightning.errors import ConfigError
+from l2o_lightning.optimizees import MLP
+
+
+def optimizee_of(pl_module: L.LightningModule) -> MLP:
+    """The module's optimizee (``pl_module.optimizee``), with a clear error when missing."""
+    model = getattr(pl_module, "optimizee", None)
+    if not isinstance(model, MLP):
+        raise ConfigError(
+            f"the probes need a LightningModule with an `optimizee` MLP attribute (e.g. "
+            f"l2o_lightning.optimizee_module.OptimizeeModule), got {type(pl_module).__name__}."
+        )
+    return model
+
+
+def flat_grad(model: MLP) -> Tensor:
+    """The current ``.grad`` of every optimizee parameter as one ``[D]`` copy (0 if none)."""
+    grads = {n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in model.named_parameters()}
+    return model.layout.flatten(grads).detach().clone()
+
+
+def optimizer_index(optimizer: Optimizer, model: MLP) -> Tensor:
+    """Positions in the optimizee's flat layout of the optimizer's coordinates, in the
+    optimizer's order: ``flat[..., index]`` is what update rules take."""
+    slices = {id(p): model.layout.slices[name] for name, p in model.named_parameters()}
+    params = optimizer_params(optimizer)
+    if not all(id(p) in slices for p in params):
+        raise ConfigError(
+            f"the optimizer {type(optimizer).__name__} holds parameters that are not the "
+            "optimizee's; the probes need an optimizer over `pl_module.optimizee`."
+        )
+    return torch.cat([torch.arange(slices[id(p)].start, slices[id(p)].stop) for p in params])
+
+
+class Probe(L.Callback):
+    """Base of the probes: runs every ``every_n_steps`` optimizee steps, logs to TensorBoard.
+
+    Args:
+        every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
+    """
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        if every_n_steps <= 0:
+            raise ConfigError(
+                f"`every_n_steps` of {type(self).__name__} must be positive, got {every_n_steps}."
+            )
+        self.every_n_steps = every_n_steps
+        self._logger: TensorBoardLogger | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if self._logger is None:
+            loggers = ", ".join(type(lg).__name__ for lg in trainer.loggers) or "none"
+            rank_zero_warn(
+                f"{type(self).__name__} logs to TensorBoard only (loggers: {loggers}); it is disabled. "
+                "Use `--trainer.logger lightning.pytorch.loggers.TensorBoardLogger`."
+            )
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._logger = None
+
+    def due(self, trainer: L.Trainer) -> bool:
+        """Whether the optimizee step about to be taken is probed."""
+        return self._logger is not None and trainer.global_step % self.every_n_steps == 0
+
+    def log_scalars(self, scalars: Mapping[str, Tensor | float], step: int) -> None:
+        self._logger.log_metrics({tag: float(value) for tag, value in scalars.items()}, step=step)
+
+    def log_histogram(self, tag: str, values: Tensor, step: int) -> None:
+        self._logger.experiment.add_histogram(tag, values, step)
+
+
+class AppliedUpdateProbe(Probe):
+    """A probe of the update actually applied, ``u = theta_after - theta_before``: records
+    ``theta`` and the gradient before ``optimizer.step()`` and observes after the batch."""
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        super().__init__(every_n_steps)
+        self._before: tuple[int, Tensor, Tensor] | None = None
+
+    def observe(self, step: int, model: MLP, theta: Tensor, grad: Tensor, update: Tensor) -> None:
+        """Log what the probe measures; all flat ``[D]`` in the optimizee's layout."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer
+    ) -> None:
+        if self.due(trainer):
+            model = optimizee_of(pl_module)
+            self._before = (trainer.global_step, model.flat_parameters(), flat_grad(model))
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self._before is None:
+            return
+        (step, theta, grad), self._before = self._before, None
+        model = optimizee_of(pl_module)
+        self.observe(step, model, theta, grad, model.flat_parameters() - theta)
+
+
+class NoiseProbe(Probe):
+    """A probe of the noise across a fixed pool of units: their gradients in one batched
+    call and the updates the optimizer would apply to them, from its state before the step.
+
+    Args:
+        every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
+        num_units: ``M``, units in the pool.
+        unit: ``batch`` (a minibatch of the training batch size, as the original study's
+            code) or ``sample`` (a single sample).
+        seed: seed of the pool, drawn once from ``trainer.datamodule.probe_pool``.
+    """
+
+    def __init__(
+        self, every_n_steps: int = 10, num_units: int = 32, unit: Literal["batch", "sample"] = "batch",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(every_n_steps)
+        if num_units < 2:
+            raise ConfigError(f"`num_units` of {type(self).__name__} must be at least 2, got {num_units}.")
+        if unit not in ("batch", "sample"):
+            raise ConfigError(f"`unit` of {type(self).__name__} must be 'batch' or 'sample', got {unit!r}.")
+        self.num_units, self.unit, self.seed = num_units, unit, seed
+        self._pool: tuple[Tensor, Tensor] | None = None
+
+    def observe(self, step: int, grads: Tensor, grad_ref: Tensor, ups: Tensor, update_ref: Tensor) -> None:
+        """Log what the probe measures from unit gradients ``[M, D]`` and their mean
+        ``grad_ref`` (layout order), unit updates ``[M, D']`` and the reference gradient's
+        update ``update_ref`` (optimizer order)."""
+        raise NotImplementedError
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._logger is None:
+            return
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "probe_pool"):
+            raise ConfigError(
+                f"{type(self).__name__} draws its pool from `trainer.datamodule.probe_pool`, which "
+                f"{type(datamodule).__name__} lacks; use l2o_lightning.data.MNISTDataModule."
+            )
+        size = datamodule.batch_size if self.unit == "batch" else 1
+        x, y = datamodule.probe_pool(self.num_units * size, self.seed)
+        self._pool = (
+            x.view(self.num_units, size, *x.shape[1:]).to(pl_module.device),
+            y.view(self.num_units, size).to(pl_module.device),
+        )
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._pool = None
+
+    @torch.no_grad()
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer
+    ) -> None:
+        if not self.due(trainer) or self._pool is None:
+            return
+        model = optimizee_of(pl_module)
+        grads = pool_gradients(model, model.flat_parameters(), *self._pool)  # [M, D]
+        grad_ref = grads.mean(0)
+        optimizer = trainer.optimizers[0]
+        rows = torch.cat([grads, grad_ref[None]])[:, optimizer_index(optimizer, model)]
+        ups = updates(optimizer, rows)  # [M + 1, D']
+        self.observe(trainer.global_step, grads, grad_ref, ups[:-1], ups[-1])

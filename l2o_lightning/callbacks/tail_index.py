@@ -1,0 +1,25 @@
+"""TailIndexProbe: heavy-tailedness alpha of gradient and update noise (paper Fig. 3 left)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from l2o_lightning.callbacks.base import NoiseProbe
+from l2o_lightning.dynamics.tail_index import tail_index
+
+
+class TailIndexProbe(NoiseProbe):
+    """Logs ``tail_index/grad``, alpha of ``g_i - g_ref``, and ``tail_index/update``, alpha of
+    ``U(g_i) - U(g_ref)`` (``U`` the optimizer's update rule in its current state), every
+    coordinate of every unit one sample; ``g_ref`` is the mean gradient over the pool.
+
+    Args:
+        every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
+        num_units: units in the pool.
+        unit: ``batch`` (a training-size minibatch) or ``sample``.
+        seed: seed of the pool.
+    """
+
+    def observe(self, step: int, grads: Tensor, grad_ref: Tensor, ups: Tensor, update_ref: Tensor) -> None:
+        alphas = {"grad": tail_index(grads - grad_ref), "update": tail_index(ups - update_ref)}
+        self.log_scalars({f"tail_index/{source}": alpha for source, alpha in alphas.items()}, step)

@@ -1,0 +1,117 @@
+"""Probes on real MNIST runs: every documented tag is written, and training is unchanged."""
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lion_pytorch import Lion
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from l2o_lightning.callbacks import CovarianceProbe, SymmetryProbe, TailIndexProbe, UpdateStatsProbe
+from l2o_lightning.cli import main
+from l2o_lightning.data import MNISTDataModule
+from l2o_lightning.optim import LionSGD
+from l2o_lightning.optimizee_module import OptimizeeModule
+from l2o_lightning.tb import read_scalars
+
+pytestmark = pytest.mark.mnist
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 30
+PROBED_STEPS = [0, 10, 20]  # every_n_steps = 10 in configs/probes/all.yaml
+SCALAR_TAGS = (
+    [f"symmetry/{kind}/{source}/{stat}" for kind in ("rescale", "scale", "translation")
+     for source in ("update", "grad") for stat in ("abs_sum", "sum_abs", "normalized")]
+    + ["tail_index/grad", "tail_index/update", "covariance/top_eig", "covariance/trace"]
+    + ["update/abs_mean", "update/abs_max", "update/norm"]
+)
+BN_RELU_PARAMS = [f"{layer}.{kind}" for layer in ("linears.0", "linears.1", "norms.0")
+                  for kind in ("weight", "bias")]
+
+
+def fit(save_dir: Path, *extra: str) -> Path:
+    """``l2o fit`` on the BN + ReLU optimizee with Adam (lr 0.03); returns the run dir."""
+    main(["fit", "-c", str(REPO / "configs/meta_test/bn_relu.yaml"),
+          "-c", str(REPO / "configs/optimizers/adam.yaml"), *extra,
+          "--trainer.max_steps", str(STEPS), "--trainer.logger.init_args.save_dir", str(save_dir),
+          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+    (run_dir,) = save_dir.glob("*/*/version_*")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def probed_run(mnist_dir, tmp_path_factory):
+    return fit(tmp_path_factory.mktemp("probed"), "-c", str(REPO / "configs/probes/all.yaml"))
+
+
+def test_probes_do_not_change_the_trajectory(probed_run, tmp_path):
+    plain = read_scalars(fit(tmp_path))["train/loss"]
+    probed = read_scalars(probed_run)["train/loss"]
+    assert len(plain) == STEPS
+    assert probed == plain
+
+
+def test_all_probes_write_every_documented_tag(probed_run):
+    scalars = read_scalars(probed_run)
+    for tag in SCALAR_TAGS:
+        assert [step for step, _ in scalars[tag]] == PROBED_STEPS, tag
+        assert all(math.isfinite(value) for _, value in scalars[tag]), tag
+    accumulator = EventAccumulator(str(probed_run), size_guidance={"histograms": 0})
+    accumulator.Reload()
+    expected = {f"{kind}_hist/{name}" for kind in ("update", "grad") for name in BN_RELU_PARAMS}
+    assert set(accumulator.Tags()["histograms"]) == expected
+    assert [event.step for event in accumulator.Histograms("update_hist/linears.0.weight")] == PROBED_STEPS
+
+
+def test_probed_values_are_the_applied_step(probed_run):
+    scalars = dict((tag, dict(series)) for tag, series in read_scalars(probed_run).items())
+    # Adam's first step moves some coordinate by ~lr = 0.03; the gradient obeys every symmetry
+    assert scalars["update/abs_max"][0] == pytest.approx(0.03, rel=1e-3)
+    for kind in ("rescale", "scale", "translation"):
+        assert max(scalars[f"symmetry/{kind}/grad/normalized"].values()) < 1e-5
+        assert min(scalars[f"symmetry/{kind}/update/normalized"].values()) > 1e-3
+
+
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
+    "adam": lambda params: torch.optim.Adam(params, lr=0.03),
+    "lion": lambda params: Lion(params, lr=1e-3),
+    "lion_sgd": lambda params: LionSGD(params),
+}
+
+
+def short_fit(tmp_path, make_optimizer, callbacks, logger=None):
+    """Three steps of a small BN optimizee; returns its final parameters and the RNG state."""
+    torch.manual_seed(0)
+    module = OptimizeeModule(hidden=[8], activation="relu", batchnorm=True)
+    module.configure_optimizers = lambda: make_optimizer(module.parameters())
+    trainer = L.Trainer(
+        max_steps=3, callbacks=callbacks, logger=logger or TensorBoardLogger(tmp_path), limit_val_batches=0,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )
+    trainer.fit(module, datamodule=MNISTDataModule(batch_size=16, seed=0))
+    return module.optimizee.flat_parameters(), torch.get_rng_state()
+
+
+def all_probes(unit):
+    return [SymmetryProbe(1), UpdateStatsProbe(1), TailIndexProbe(1, num_units=4, unit=unit),
+            CovarianceProbe(1, num_units=4, unit=unit)]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_probes_leave_params_and_rng_alone_with_every_optimizer(name, mnist_dir, tmp_path):
+    plain = short_fit(tmp_path / "plain", OPTIMIZERS[name], [])
+    unit = "sample" if name == "adam" else "batch"  # single samples of a BN model: Jacobian rows
+    probed = short_fit(tmp_path / "probed", OPTIMIZERS[name], all_probes(unit))
+    assert torch.equal(probed[0], plain[0]) and torch.equal(probed[1], plain[1])
+    (run_dir,) = (tmp_path / "probed").glob("*/version_*")
+    scalars = read_scalars(run_dir)
+    assert [step for step, _ in scalars["covariance/top_eig"]] == [0, 1, 2]
+    assert all(math.isfinite(value) for tag in SCALAR_TAGS for _, value in scalars[tag])
+
+
+def test_probes_warn_and_stand_down_without_tensorboard(mnist_dir, tmp_path):
+    with pytest.warns(UserWarning, match="TailIndexProbe logs to TensorBoard only"):
+        short_fit(tmp_path, OPTIMIZERS["adam"], all_probes("batch"), logger=CSVLogger(tmp_path))
