@@ -9,7 +9,8 @@ training: it only reads detached copies and draws no random numbers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import lightning as L
 import torch
@@ -41,9 +42,10 @@ def flat_grad(model: MLP) -> Tensor:
     return model.layout.flatten(grads).detach().clone()
 
 
-def optimizer_index(optimizer: Optimizer, model: MLP) -> Tensor:
+def optimizer_index(optimizer: Optimizer, model: MLP) -> Tensor | slice:
     """Positions in the optimizee's flat layout of the optimizer's coordinates, in the
-    optimizer's order: ``flat[..., index]`` is what update rules take."""
+    optimizer's order: ``flat[..., index]`` is what update rules take (``slice(None)``, a
+    view, when the orders agree, as for ``OptimizeeModule``)."""
     slices = {id(p): model.layout.slices[name] for name, p in model.named_parameters()}
     params = optimizer_params(optimizer)
     if not all(id(p) in slices for p in params):
@@ -51,7 +53,8 @@ def optimizer_index(optimizer: Optimizer, model: MLP) -> Tensor:
             f"the optimizer {type(optimizer).__name__} holds parameters that are not the "
             "optimizee's; the probes need an optimizer over `pl_module.optimizee`."
         )
-    return torch.cat([torch.arange(slices[id(p)].start, slices[id(p)].stop) for p in params])
+    index = torch.cat([torch.arange(slices[id(p)].start, slices[id(p)].stop) for p in params])
+    return slice(None) if torch.equal(index, torch.arange(model.layout.numel)) else index
 
 
 class Probe(L.Callback):
@@ -88,8 +91,15 @@ class Probe(L.Callback):
     def log_scalars(self, scalars: Mapping[str, Tensor | float], step: int) -> None:
         self._logger.log_metrics({tag: float(value) for tag, value in scalars.items()}, step=step)
 
-    def log_histogram(self, tag: str, values: Tensor, step: int) -> None:
-        self._logger.experiment.add_histogram(tag, values, step)
+    def log_histogram(self, tag: str, values: Tensor, step: int, bins: int) -> None:
+        """A histogram of ``values`` with ``bins`` equal-width bins, binned by torch (the
+        TensorBoard writer's numpy binning costs several times more)."""
+        counts, edges = torch.histogram(values.float().cpu(), bins)
+        self._logger.experiment.add_histogram_raw(
+            tag, min=values.min().item(), max=values.max().item(), num=values.numel(),
+            sum=values.sum().item(), sum_squares=values.square().sum().item(),
+            bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(), global_step=step,
+        )
 
 
 class AppliedUpdateProbe(Probe):
@@ -121,9 +131,27 @@ class AppliedUpdateProbe(Probe):
         self.observe(step, model, theta, grad, model.flat_parameters() - theta)
 
 
+@dataclass(frozen=True)
+class Noise:
+    """What the noise probes see at one step.
+
+    Attributes:
+        grads: unit gradients ``g_i``, ``[M, D]`` (optimizee layout).
+        grad_ref: their mean ``g_ref``, ``[D]``.
+        updates: ``U(g_i)``, the updates the optimizer would apply, ``[M, D']`` (optimizer order).
+        update_ref: ``U(g_ref)``, ``[D']``.
+    """
+
+    grads: Tensor
+    grad_ref: Tensor
+    updates: Tensor
+    update_ref: Tensor
+
+
 class NoiseProbe(Probe):
     """A probe of the noise across a fixed pool of units: their gradients in one batched
     call and the updates the optimizer would apply to them, from its state before the step.
+    Noise probes with the same pool settings share that computation at a step.
 
     Args:
         every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
@@ -132,6 +160,9 @@ class NoiseProbe(Probe):
             code) or ``sample`` (a single sample).
         seed: seed of the pool, drawn once from ``trainer.datamodule.probe_pool``.
     """
+
+    # the latest Noise, keyed by (trainer, step, pool settings); emptied at fit start and end
+    _shared: ClassVar[dict[tuple, Noise]] = {}
 
     def __init__(
         self, every_n_steps: int = 10, num_units: int = 32, unit: Literal["batch", "sample"] = "batch",
@@ -145,13 +176,12 @@ class NoiseProbe(Probe):
         self.num_units, self.unit, self.seed = num_units, unit, seed
         self._pool: tuple[Tensor, Tensor] | None = None
 
-    def observe(self, step: int, grads: Tensor, grad_ref: Tensor, ups: Tensor, update_ref: Tensor) -> None:
-        """Log what the probe measures from unit gradients ``[M, D]`` and their mean
-        ``grad_ref`` (layout order), unit updates ``[M, D']`` and the reference gradient's
-        update ``update_ref`` (optimizer order)."""
+    def observe(self, step: int, noise: Noise) -> None:
+        """Log what the probe measures."""
         raise NotImplementedError
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        NoiseProbe._shared.clear()
         if self._logger is None:
             return
         datamodule = trainer.datamodule
@@ -169,6 +199,7 @@ class NoiseProbe(Probe):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
+        NoiseProbe._shared.clear()
         self._pool = None
 
     @torch.no_grad()
@@ -177,10 +208,16 @@ class NoiseProbe(Probe):
     ) -> None:
         if not self.due(trainer) or self._pool is None:
             return
-        model = optimizee_of(pl_module)
+        key = (id(trainer), trainer.global_step, self.num_units, self.unit, self.seed)
+        if key not in NoiseProbe._shared:
+            NoiseProbe._shared.clear()
+            NoiseProbe._shared[key] = self.noise(optimizee_of(pl_module), trainer.optimizers[0])
+        self.observe(trainer.global_step, NoiseProbe._shared[key])
+
+    def noise(self, model: MLP, optimizer: Optimizer) -> Noise:
+        """Unit gradients at the current parameters and their updates from the current state."""
         grads = pool_gradients(model, model.flat_parameters(), *self._pool)  # [M, D]
         grad_ref = grads.mean(0)
-        optimizer = trainer.optimizers[0]
         rows = torch.cat([grads, grad_ref[None]])[:, optimizer_index(optimizer, model)]
         ups = updates(optimizer, rows)  # [M + 1, D']
-        self.observe(trainer.global_step, grads, grad_ref, ups[:-1], ups[-1])
+        return Noise(grads, grad_ref, ups[:-1], ups[-1])

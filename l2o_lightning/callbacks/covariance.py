@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from l2o_lightning.callbacks.base import NoiseProbe
+from l2o_lightning.callbacks.base import Noise, NoiseProbe
 from l2o_lightning.dynamics.covariance import covariance_stats
 
 
@@ -19,6 +17,6 @@ class CovarianceProbe(NoiseProbe):
         seed: seed of the pool.
     """
 
-    def observe(self, step: int, grads: Tensor, grad_ref: Tensor, ups: Tensor, update_ref: Tensor) -> None:
-        stats = covariance_stats(ups, update_ref)
+    def observe(self, step: int, noise: Noise) -> None:
+        stats = covariance_stats(noise.updates, noise.update_ref)
         self.log_scalars({"covariance/top_eig": stats.top_eig, "covariance/trace": stats.trace}, step)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from l2o_lightning.callbacks.base import NoiseProbe
+from l2o_lightning.callbacks.base import Noise, NoiseProbe
 from l2o_lightning.dynamics.tail_index import tail_index
 
 
@@ -20,6 +18,11 @@ class TailIndexProbe(NoiseProbe):
         seed: seed of the pool.
     """
 
-    def observe(self, step: int, grads: Tensor, grad_ref: Tensor, ups: Tensor, update_ref: Tensor) -> None:
-        alphas = {"grad": tail_index(grads - grad_ref), "update": tail_index(ups - update_ref)}
-        self.log_scalars({f"tail_index/{source}": alpha for source, alpha in alphas.items()}, step)
+    def observe(self, step: int, noise: Noise) -> None:
+        self.log_scalars(
+            {
+                "tail_index/grad": tail_index(noise.grads - noise.grad_ref),
+                "tail_index/update": tail_index(noise.updates - noise.update_ref),
+            },
+            step,
+        )

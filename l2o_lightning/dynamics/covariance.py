@@ -20,8 +20,8 @@ class CovarianceStats(NamedTuple):
 def covariance_stats(rows: Tensor, reference: Tensor) -> CovarianceStats:
     """Top eigenvalue and trace of ``K = (1/M) sum_i (u_i - u_ref)(u_i - u_ref)^T``.
 
-    With ``C = rows - reference`` (``[M, D]``), computed from ``G = C C^T / M`` (``[M, M]``,
-    float64) with ``torch.linalg.eigvalsh``; the results have the input's dtype.
+    With ``C = rows - reference`` (``[M, D]``), computed from ``G = C C^T / M`` (``[M, M]``)
+    with ``torch.linalg.eigvalsh`` in float64; the results have the input's dtype.
 
     >>> stats = covariance_stats(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.zeros(2))
     >>> stats.top_eig.item(), stats.trace.item()
@@ -31,7 +31,7 @@ def covariance_stats(rows: Tensor, reference: Tensor) -> CovarianceStats:
         rows: ``u_i``, one per unit, ``[M, D]``.
         reference: ``u_ref`` (e.g. the update for the reference gradient), ``[D]``.
     """
-    c = (rows - reference).double()  # [M, D]
-    gram = c @ c.T / len(c)  # [M, M]
+    c = rows - reference  # [M, D]
+    gram = (c @ c.T).double() / len(c)  # [M, M]
     top = torch.linalg.eigvalsh(gram)[-1]
     return CovarianceStats(top.to(rows.dtype), gram.trace().to(rows.dtype))

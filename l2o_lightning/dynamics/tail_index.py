@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 # added inside the logs as in Simsekli et al.'s code (np.spacing(1)): exact zeros stay finite
@@ -38,11 +39,14 @@ def tail_index(samples: Tensor) -> Tensor:
     flattened ``samples``, treated as i.i.d. symmetric alpha-stable draws.
 
     ``1/alpha = (mean_k log|Y_k| - mean_i log|X_i|) / log K1`` with :func:`block_size`;
-    computed in float64, the result has the input's dtype.
+    the means accumulate in float64, the result has the input's dtype.
     """
-    x = samples.detach().flatten().double()
+    x = samples.detach().flatten()
     k1, used = block_size(x.numel())
     x = x[:used]
     y = x.view(-1, k1).sum(1)  # [K2] block sums
-    inv_alpha = ((y.abs() + LOG_EPS).log().mean() - (x.abs() + LOG_EPS).log().mean()) / math.log(k1)
-    return (1 / inv_alpha).to(samples.dtype)
+
+    def mean_log(z: Tensor) -> Tensor:
+        return (z.abs() + LOG_EPS).log().mean(dtype=torch.float64)
+
+    return (math.log(k1) / (mean_log(y) - mean_log(x))).to(samples.dtype)

@@ -1,0 +1,127 @@
+"""Cost of the probes: training time with each probe (default settings, every 10 steps)
+relative to plain training, and unit gradients by ``torch.func`` vs a Python loop.
+
+Usage: python benchmarks/bench_probes.py [--steps 300] [--repeats 3] [--threads 1]
+(needs MNIST: set L2O_DATA_DIR). Prints markdown tables; the target is <= 2x for all probes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+
+import lightning as L
+import torch
+
+from l2o_lightning.callbacks import CovarianceProbe, SymmetryProbe, TailIndexProbe, UpdateStatsProbe
+from l2o_lightning.data import MNISTDataModule
+from l2o_lightning.dynamics.per_sample import pool_gradients
+from l2o_lightning.optimizee_module import OptimizeeModule
+from l2o_lightning.optimizees import MLP
+
+WARMUP = 10
+PROBES = {
+    "none": list,
+    "SymmetryProbe": lambda: [SymmetryProbe()],
+    "UpdateStatsProbe": lambda: [UpdateStatsProbe()],
+    "TailIndexProbe": lambda: [TailIndexProbe()],
+    "CovarianceProbe": lambda: [CovarianceProbe()],
+    "all": lambda: [SymmetryProbe(), UpdateStatsProbe(), TailIndexProbe(), CovarianceProbe()],
+    "all, num_units=16": lambda: [
+        SymmetryProbe(), UpdateStatsProbe(), TailIndexProbe(num_units=16), CovarianceProbe(num_units=16)
+    ],
+}
+
+
+class StepTimer(L.Callback):
+    """Wall time of the training steps after a warm-up."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == WARMUP:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        self.seconds_per_step = (time.perf_counter() - self.start) / (trainer.global_step - WARMUP)
+
+
+def seconds_per_step(callbacks: list[L.Callback], steps: int, save_dir: str) -> float:
+    """Paper setting: Leaky ReLU 784-20-10, batch 128, Adam lr 0.03."""
+    torch.manual_seed(0)
+    module = OptimizeeModule()
+    module.configure_optimizers = lambda: torch.optim.Adam(module.parameters(), lr=0.03)
+    timer = StepTimer()
+    trainer = L.Trainer(
+        max_steps=steps + WARMUP, callbacks=[*callbacks, timer], limit_val_batches=0, log_every_n_steps=1,
+        logger=L.pytorch.loggers.TensorBoardLogger(save_dir), enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )
+    trainer.fit(module, datamodule=MNISTDataModule(seed=0))
+    return timer.seconds_per_step
+
+
+def best_of(repeats: int, fn) -> float:
+    return min(fn() for _ in range(repeats))
+
+
+def loop_gradients(model: MLP, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Reference for ``pool_gradients``: one autograd call per unit (per sample with BN)."""
+    theta = flat.clone().requires_grad_()
+    if model.batchnorm and x.shape[1] == 1:  # per-sample losses of one batch, one backward each
+        logits = model.functional_logits(theta, x[:, 0])
+        losses = torch.nn.functional.cross_entropy(logits, y[:, 0], reduction="none")
+        return torch.stack([torch.autograd.grad(loss, theta, retain_graph=True)[0] for loss in losses])
+    losses = [model.functional_loss(theta, xu, yu) for xu, yu in zip(x, y, strict=True)]
+    return torch.stack([torch.autograd.grad(loss, theta)[0] for loss in losses])
+
+
+def timed(repeats: int, fn, *args) -> float:
+    """Best wall time of ``fn(*args)`` over ``repeats`` calls."""
+
+    def once() -> float:
+        start = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - start
+
+    return best_of(repeats, once)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save-dir", default="/tmp/bench_probes")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    print(f"## Training with probes (every 10 steps, defaults): {args.steps} steps, {args.threads} thread(s)")
+    print("\n| probes | ms / step | relative |\n|---|---|---|")
+    base = None
+    for name, make in PROBES.items():
+        run = lambda make=make: seconds_per_step(make(), args.steps, args.save_dir)  # noqa: E731
+        per_step = best_of(args.repeats, run)
+        base = base or per_step
+        print(f"| {name} | {1e3 * per_step:.2f} | {per_step / base:.2f}x |")
+
+    print("\n## Unit gradients: torch.func (vmap(grad) / jacrev) vs a Python loop")
+    print("\n| optimizee | units x samples | func ms | loop ms | speed-up |\n|---|---|---|---|---|")
+    x, y = MNISTDataModule().probe_pool(32 * 128, seed=0)
+    leaky, bn = MLP(), MLP(activation="relu", batchnorm=True)
+    for label, model, units, size in [
+        ("leaky_relu", leaky, 32, 128), ("leaky_relu", leaky, 128, 1),
+        ("bn_relu", bn, 32, 128), ("bn_relu (Jacobian rows)", bn, 128, 1),
+    ]:
+        n = units * size
+        pool = model.flat_parameters(), x[:n].view(units, size, -1), y[:n].view(units, size)
+        func = timed(args.repeats, pool_gradients, model, *pool)
+        looped = timed(args.repeats, loop_gradients, model, *pool)
+        ms = f"{1e3 * func:.1f} | {1e3 * looped:.1f}"
+        print(f"| {label} | {units} x {size} | {ms} | {looped / func:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
