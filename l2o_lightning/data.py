@@ -51,19 +51,29 @@ def load_mnist(root: Path, train: bool, download: bool = True) -> tuple[Tensor, 
 
 class EndlessMinibatches(IterableDataset):
     """Shuffled minibatches forever: each pass over the data is a new permutation drawn
-    from a generator seeded with ``seed``; the last partial batch of a pass is dropped."""
+    from a generator seeded with ``seed``; the last partial batch of a pass is dropped.
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int) -> None:
+    With ``batches_per_item = k > 1`` each item stacks ``k`` consecutive minibatches,
+    ``x[k, batch_size, ...]`` and ``y[k, batch_size]`` (the last partial group of a pass
+    is dropped); ``k = 1`` yields plain ``x[batch_size, ...]``, ``y[batch_size]``.
+    """
+
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int, seed: int, batches_per_item: int = 1
+    ) -> None:
         super().__init__()
         self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.batches_per_item = batches_per_item
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         generator = torch.Generator().manual_seed(self.seed)
         n = len(self.x)
+        item = self.batch_size * self.batches_per_item
+        shape = (self.batches_per_item, self.batch_size) if self.batches_per_item > 1 else (item,)
         while True:
             perm = torch.randperm(n, generator=generator)
-            for start in range(0, n - self.batch_size + 1, self.batch_size):
-                idx = perm[start : start + self.batch_size]
+            for start in range(0, n - item + 1, item):
+                idx = perm[start : start + item].view(shape)
                 yield self.x[idx], self.y[idx]
 
 
@@ -77,6 +87,9 @@ class MNISTDataModule(L.LightningDataModule):
         seed: seed of the training-batch order; ``None`` uses ``torch.initial_seed()``
             (what ``seed_everything`` set), so runs with different seeds see different orders.
         download: try to download MNIST when the files are missing.
+        batches_per_step: training minibatches per training step; above 1 each training
+            batch stacks them, ``x[k, batch_size, 784]``, ``y[k, batch_size]`` (meta-training
+            consumes one truncation of ``unroll`` minibatches per step).
     """
 
     def __init__(
@@ -86,6 +99,7 @@ class MNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         seed: int | None = None,
         download: bool = True,
+        batches_per_step: int = 1,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or eval_batch_size <= 0:
@@ -93,12 +107,15 @@ class MNISTDataModule(L.LightningDataModule):
                 f"batch sizes must be positive (got `data.batch_size`={batch_size}, "
                 f"`data.eval_batch_size`={eval_batch_size})."
             )
+        if batches_per_step <= 0:
+            raise ConfigError(f"`data.batches_per_step` must be positive, got {batches_per_step}.")
         self.save_hyperparameters()
         self.data_dir = resolve_data_dir(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.download = download
+        self.batches_per_step = batches_per_step
 
     def prepare_data(self) -> None:
         load_mnist(self.data_dir, True, self.download)
@@ -114,7 +131,10 @@ class MNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         seed = torch.initial_seed() if self.seed is None else self.seed
-        return DataLoader(EndlessMinibatches(*self.train_tensors, self.batch_size, seed), batch_size=None)
+        minibatches = EndlessMinibatches(
+            *self.train_tensors, self.batch_size, seed, batches_per_item=self.batches_per_step
+        )
+        return DataLoader(minibatches, batch_size=None)
 
     def _test_loader(self) -> DataLoader:
         return DataLoader(TensorDataset(*self.test_tensors), batch_size=self.eval_batch_size)
