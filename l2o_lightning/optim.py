@@ -1,15 +1,24 @@
 """Optimizers of the package (``torch.optim.Optimizer`` subclasses) and the pure update
-formulas they share with the probes. Lion itself comes from ``lion-pytorch``."""
+formulas they share with the probes. Lion itself comes from ``lion-pytorch``; the learned
+optimizer (Andrychowicz et al. 2016, https://arxiv.org/abs/1606.04474) is :class:`L2O`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
 from l2o_lightning.errors import ConfigError
+from l2o_lightning.learned import (
+    CHECKPOINT_FORMAT_VERSION,
+    CHECKPOINT_KEY,
+    LSTMOptimizerNet,
+    LSTMState,
+    net_from_checkpoint_entry,
+)
 
 
 def sgd_momentum_buffer(grad: Tensor, buffer: Tensor | None, momentum: float) -> Tensor:
@@ -88,4 +97,98 @@ class LionSGD(Optimizer):
                 state["exp_avg"] = lion_next_exp_avg(exp_avg, p.grad, beta2)
                 state["momentum_buffer"] = buffer
                 p.add_(weight * u_lion + (1 - weight) * u_sgd)
+        return loss
+
+
+_CHECKPOINT_HINT = (
+    "pass a checkpoint written by meta-training (`l2o fit -c configs/meta_train/leaky_relu.yaml`), "
+    "e.g. `--optimizer.checkpoint lightning_logs/meta_train/leaky_relu/version_0/checkpoints/last.ckpt`"
+)
+
+
+def load_lstm_optimizer(checkpoint: str | Path) -> LSTMOptimizerNet:
+    """The LSTM optimizer stored under ``"l2o"`` in a meta-training checkpoint, loaded with
+    ``torch.load(weights_only=True)``; a missing, corrupt or foreign file raises
+    :class:`ConfigError` naming the setting ``optimizer.checkpoint``."""
+    path = Path(checkpoint).expanduser()
+    where = f"L2O checkpoint '{path}' (setting `optimizer.checkpoint`)"
+    if not path.is_file():
+        raise ConfigError(f"{where} does not exist; {_CHECKPOINT_HINT}.")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling arbitrary bytes can raise almost any error
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{where} cannot be read ({reason}); {_CHECKPOINT_HINT}.") from None
+    entry = content.get(CHECKPOINT_KEY) if isinstance(content, dict) else None
+    if not isinstance(entry, dict):
+        raise ConfigError(
+            f"{where} has no '{CHECKPOINT_KEY}' entry, so it is not a MetaTrainModule checkpoint; "
+            f"{_CHECKPOINT_HINT}."
+        )
+    if entry.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise ConfigError(
+            f"{where} has format version {entry.get('format_version')!r}, this version of "
+            f"l2o_lightning reads {CHECKPOINT_FORMAT_VERSION}; meta-train again or use a matching release."
+        )
+    try:
+        return net_from_checkpoint_entry(entry)
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"{where} holds a malformed LSTM optimizer ({err}); {_CHECKPOINT_HINT}.") from None
+
+
+class L2O(Optimizer):
+    """The meta-trained LSTM optimizer as a ``torch.optim`` optimizer.
+
+    Every step feeds the gradients of all parameters (of all groups, in order) to the LSTM
+    in one batched call and applies ``theta <- theta + u``. The LSTM state of each parameter
+    lives in ``self.state[p]`` as ``h, c[num_layers, p.numel(), hidden]``.
+
+    Args:
+        params: parameters to optimize.
+        checkpoint: path of a meta-training checkpoint (see :func:`load_lstm_optimizer`).
+        out_mult: override the output multiplier stored in the checkpoint.
+
+    Attributes:
+        net: the :class:`~l2o_lightning.learned.LSTMOptimizerNet` (eval mode, no grad).
+    """
+
+    def __init__(self, params: Iterable, checkpoint: str, out_mult: float | None = None) -> None:
+        net = load_lstm_optimizer(checkpoint)
+        if out_mult is not None:
+            net.out_mult = out_mult
+        super().__init__(params, {})
+        self.net = net.eval().requires_grad_(False)
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _state_of(self, param: Tensor) -> LSTMState:
+        state = self.state[param]
+        if "h" not in state:
+            return self.net.initial_state((param.numel(),), param.device, param.dtype)
+        return LSTMState(state["h"], state["c"])
+
+    def lstm_state(self) -> LSTMState:
+        """The state of all parameters' coordinates, concatenated in order:
+        ``[num_layers, D, hidden]`` (zeros for parameters not stepped yet)."""
+        return LSTMState.cat([self._state_of(p) for p in self._params()], dim=1)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for p in self._params() if p.grad is not None]
+        if not params:
+            return loss
+        grad = torch.cat([p.grad.reshape(-1) for p in params])
+        weight = self.net.head.weight
+        if (weight.device, weight.dtype) != (grad.device, grad.dtype):
+            self.net.to(device=grad.device, dtype=grad.dtype)
+        update, state = self.net(grad, LSTMState.cat([self._state_of(p) for p in params], dim=1))
+        sizes = [p.numel() for p in params]
+        torch._foreach_add_(params, [u.view_as(p) for u, p in zip(update.split(sizes), params, strict=True)])
+        for p, h, c in zip(params, state.h.split(sizes, 1), state.c.split(sizes, 1), strict=True):
+            self.state[p]["h"], self.state[p]["c"] = h, c
         return loss
