@@ -1,7 +1,7 @@
 """Cost of the probes: training time with each probe (default settings, every 10 steps)
 relative to plain training, and unit gradients by ``torch.func`` vs a Python loop.
 
-Usage: python benchmarks/bench_probes.py [--steps 300] [--repeats 3] [--threads 1]
+Usage: python benchmarks/bench_probes.py [--steps 300] [--repeats 3] [--threads 1] [--optimizer adam]
 (needs MNIST: set L2O_DATA_DIR). Prints markdown tables; the target is <= 2x for all probes.
 """
 
@@ -11,6 +11,8 @@ import argparse
 import logging
 import time
 import warnings
+from functools import partial
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -18,6 +20,8 @@ import torch
 from l2o_lightning.callbacks import CovarianceProbe, SymmetryProbe, TailIndexProbe, UpdateStatsProbe
 from l2o_lightning.data import MNISTDataModule
 from l2o_lightning.dynamics.per_sample import pool_gradients
+from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.optim import L2O
 from l2o_lightning.optimizee_module import OptimizeeModule
 from l2o_lightning.optimizees import MLP
 
@@ -46,11 +50,21 @@ class StepTimer(L.Callback):
         self.seconds_per_step = (time.perf_counter() - self.start) / (trainer.global_step - WARMUP)
 
 
-def seconds_per_step(callbacks: list[L.Callback], steps: int, save_dir: str) -> float:
-    """Paper setting: Leaky ReLU 784-20-10, batch 128, Adam lr 0.03."""
+def make_optimizer(name: str, save_dir: str):
+    """``params -> optimizer``: Adam (lr 0.03) or an L2O from a random (untrained) LSTM."""
+    if name == "adam":
+        return partial(torch.optim.Adam, lr=0.03)
+    path = Path(save_dir) / "random_l2o.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({CHECKPOINT_KEY: checkpoint_entry(LSTMOptimizerNet())}, path)
+    return partial(L2O, checkpoint=str(path))
+
+
+def seconds_per_step(callbacks: list[L.Callback], steps: int, save_dir: str, optimizer) -> float:
+    """Paper setting: Leaky ReLU 784-20-10, batch 128."""
     torch.manual_seed(0)
     module = OptimizeeModule()
-    module.configure_optimizers = lambda: torch.optim.Adam(module.parameters(), lr=0.03)
+    module.configure_optimizers = lambda: optimizer(module.parameters())
     timer = StepTimer()
     trainer = L.Trainer(
         max_steps=steps + WARMUP, callbacks=[*callbacks, timer], limit_val_batches=0, log_every_n_steps=1,
@@ -92,17 +106,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--optimizer", choices=["adam", "l2o"], default="adam")
     parser.add_argument("--save-dir", default="/tmp/bench_probes")
     args = parser.parse_args()
+    optimizer = make_optimizer(args.optimizer, args.save_dir)
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    print(f"## Training with probes (every 10 steps, defaults): {args.steps} steps, {args.threads} thread(s)")
+    print(f"## Training with probes (every 10 steps, defaults): {args.optimizer}, {args.steps} steps, "
+          f"{args.threads} thread(s)")
     print("\n| probes | ms / step | relative |\n|---|---|---|")
     base = None
     for name, make in PROBES.items():
-        run = lambda make=make: seconds_per_step(make(), args.steps, args.save_dir)  # noqa: E731
+        run = lambda make=make: seconds_per_step(make(), args.steps, args.save_dir, optimizer)  # noqa: E731
         per_step = best_of(args.repeats, run)
         base = base or per_step
         print(f"| {name} | {1e3 * per_step:.2f} | {per_step / base:.2f}x |")

@@ -1,6 +1,7 @@
 """Probes on real MNIST runs: every documented tag is written, and training is unchanged."""
 
 import math
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from l2o_lightning.callbacks import CovarianceProbe, SymmetryProbe, TailIndexProbe, UpdateStatsProbe
 from l2o_lightning.cli import main
 from l2o_lightning.data import MNISTDataModule
-from l2o_lightning.optim import LionSGD
+from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.optim import L2O, LionSGD
 from l2o_lightning.optimizee_module import OptimizeeModule
 from l2o_lightning.tb import read_scalars
 
@@ -100,11 +102,25 @@ def all_probes(unit):
             CovarianceProbe(1, num_units=4, unit=unit)]
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_probes_leave_params_and_rng_alone_with_every_optimizer(name, mnist_dir, tmp_path):
-    plain = short_fit(tmp_path / "plain", OPTIMIZERS[name], [])
+@pytest.fixture(scope="module")
+def l2o_checkpoint(tmp_path_factory):
+    """A random (not meta-trained) LSTM optimizer saved as a meta-training checkpoint."""
+    path = tmp_path_factory.mktemp("l2o") / "l2o.ckpt"
+    torch.manual_seed(0)
+    torch.save({CHECKPOINT_KEY: checkpoint_entry(LSTMOptimizerNet())}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", [*OPTIMIZERS, "l2o"])
+def test_probes_leave_params_and_rng_alone_with_every_optimizer(name, mnist_dir, tmp_path, request):
+    if name == "l2o":
+        checkpoint = request.getfixturevalue("l2o_checkpoint")
+        make_optimizer = partial(L2O, checkpoint=checkpoint)
+    else:
+        make_optimizer = OPTIMIZERS[name]
+    plain = short_fit(tmp_path / "plain", make_optimizer, [])
     unit = "sample" if name == "adam" else "batch"  # single samples of a BN model: Jacobian rows
-    probed = short_fit(tmp_path / "probed", OPTIMIZERS[name], all_probes(unit))
+    probed = short_fit(tmp_path / "probed", make_optimizer, all_probes(unit))
     assert torch.equal(probed[0], plain[0]) and torch.equal(probed[1], plain[1])
     (run_dir,) = (tmp_path / "probed").glob("*/version_*")
     scalars = read_scalars(run_dir)

@@ -8,7 +8,8 @@ from lion_pytorch import Lion
 
 from l2o_lightning.dynamics import update_rules
 from l2o_lightning.dynamics.update_rules import flat_optimizer_params, stepped_updates, updates
-from l2o_lightning.optim import LionSGD
+from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.optim import L2O, LionSGD
 
 OPTIMIZERS = {
     "sgd": (torch.optim.SGD, dict(lr=0.1)),
@@ -41,6 +42,14 @@ def set_grads(params, flat):
         p.grad = g.view_as(p).clone()
 
 
+def saved_state(optimizer):
+    """A copy of the optimizer's state; an empty per-parameter entry means no state (a lookup
+    in ``Optimizer.state``, a defaultdict, creates one)."""
+    state = copy.deepcopy(optimizer.state_dict())
+    state["state"] = {k: v for k, v in state["state"].items() if v}
+    return state
+
+
 def step(optimizer, params, flat_grad):
     set_grads(params, flat_grad)
     before = flat_optimizer_params(optimizer)
@@ -56,14 +65,14 @@ def test_update_rule_equals_the_real_step(name, steps_before):
     for _ in range(steps_before):
         step(optimizer, params, torch.randn(21, generator=gen, dtype=torch.float64))
     grads = torch.randn(4, 21, generator=gen, dtype=torch.float64)
-    state = copy.deepcopy(optimizer.state_dict())
+    state = saved_state(optimizer)
     theta = flat_optimizer_params(optimizer)
 
     predicted = updates(optimizer, grads)  # [4, 21]
 
     assert predicted.shape == (4, 21)
     assert torch.equal(flat_optimizer_params(optimizer), theta)
-    torch.testing.assert_close(optimizer.state_dict(), state, rtol=0, atol=0)
+    torch.testing.assert_close(saved_state(optimizer), state, rtol=0, atol=0)
     assert not torch.allclose(predicted[0], predicted[1])
     # every row equals a real step of a copy, and row 0 a real step of the optimizer itself
     torch.testing.assert_close(predicted, stepped_updates(optimizer, grads), rtol=1e-9, atol=1e-13)
@@ -85,3 +94,23 @@ def test_gradient_rows_must_match_the_optimizer():
     optimizer, _ = make_optimizer(torch.optim.SGD, dict(lr=0.1))
     with pytest.raises(ValueError, match=r"must be \[N, 21\].*got \[3, 20\]"):
         updates(optimizer, torch.zeros(3, 20))
+
+
+@pytest.mark.parametrize("steps_before", [0, 3])
+def test_l2o_update_rule_equals_the_real_step(tmp_path, steps_before, monkeypatch):
+    torch.manual_seed(0)  # a random (not meta-trained) LSTM: nonzero, state-dependent updates
+    torch.save({CHECKPOINT_KEY: checkpoint_entry(LSTMOptimizerNet())}, tmp_path / "l2o.ckpt")
+    optimizer, params = make_optimizer(L2O, dict(checkpoint=str(tmp_path / "l2o.ckpt")))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps_before):
+        step(optimizer, params, torch.randn(21, generator=gen, dtype=torch.float64))
+    grads = torch.randn(4, 21, generator=gen, dtype=torch.float64)
+    state = saved_state(optimizer)
+
+    monkeypatch.setattr(update_rules, "L2O_CHUNK_COORDS", 2 * 21)  # two LSTM calls of 2 rows
+    predicted = updates(optimizer, grads)  # before any step: the float32 net's float64 copy
+
+    torch.testing.assert_close(saved_state(optimizer), state, rtol=0, atol=0)
+    assert not torch.allclose(predicted[0], predicted[1])
+    torch.testing.assert_close(predicted, stepped_updates(optimizer, grads), rtol=1e-9, atol=1e-13)
+    torch.testing.assert_close(predicted[0], step(optimizer, params, grads[0]), rtol=1e-9, atol=1e-13)

@@ -74,7 +74,7 @@ class Probe(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if self._logger is None:
+        if self._logger is None and stage == "fit":
             loggers = ", ".join(type(lg).__name__ for lg in trainer.loggers) or "none"
             rank_zero_warn(
                 f"{type(self).__name__} logs to TensorBoard only (loggers: {loggers}); it is disabled. "
