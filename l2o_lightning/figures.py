@@ -111,9 +111,13 @@ def fig_histograms(runs: list[Run], out: Path) -> None:
             if not logged:
                 continue
             edges, counts = per_step[max(logged)]
-            ax.step(edges, counts / max(counts.sum(), 1), where="post", **_style(optimizer))
+            positive = edges > 0
+            ax.step(edges[positive], counts[positive] / max(counts.sum(), 1), where="post",
+                    **_style(optimizer))
+            ax.annotate(f"{optimizer}: logged step {max(logged)}", (0.02, 0.95 - 0.07 * len(ax.texts)),
+                        xycoords="axes fraction", fontsize=6)
     for ax, step in zip(axes, HISTOGRAM_STEPS, strict=True):
-        ax.set(title=f"step {step}", xlabel="|update| (first layer)", xscale="symlog")
+        ax.set(title=f"step {step}", xlabel="|update| (first layer)", xscale="log")
     axes[0].set_ylabel("fraction of weights")
     axes[-1].legend(fontsize=7)
     _save(fig, out / "fig_histograms.png")

