@@ -1,5 +1,8 @@
 """Update covariance through the M x M Gram matrix, and batched unit gradients."""
 
+import doctest
+import importlib
+
 import torch
 
 from l2o_lightning.dynamics.covariance import covariance_stats
@@ -57,3 +60,7 @@ def test_single_samples_with_batchnorm_are_jacobian_rows_of_the_pool_batch():
     logits = model.functional_logits(theta, x[:, 0])
     loss_3 = torch.nn.functional.cross_entropy(logits, y[:, 0], reduction="none")[3]  # sample 3 in the batch
     torch.testing.assert_close(rows[3], torch.autograd.grad(loss_3, theta)[0])
+
+
+def test_docstring_examples():
+    assert doctest.testmod(importlib.import_module("l2o_lightning.dynamics.covariance")).failed == 0

@@ -1,6 +1,9 @@
 """Symmetry deviation: gradients and plain SGD satisfy every constraint to float precision,
 Adam and Lion break them, and the vectorised formulas match a per-neuron loop."""
 
+import doctest
+import importlib
+
 import pytest
 import torch
 from lion_pytorch import Lion
@@ -144,3 +147,7 @@ def test_batched_rows_match_single_rows_and_sum_abs_is_differentiable():
     w, b = "linears.0.weight", "linears.0.bias"
     d = (vs[w] * ts[w]).sum(-1) + vs[b] * ts[b]  # [3, 16]
     torch.testing.assert_close(model.layout.unflatten(grad)[w], d.sign()[..., None] * ts[w])
+
+
+def test_docstring_examples():
+    assert doctest.testmod(importlib.import_module("l2o_lightning.dynamics.symmetry")).failed == 0

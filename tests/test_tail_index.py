@@ -1,5 +1,7 @@
 """Tail index estimator on symmetric alpha-stable samples with known alpha."""
 
+import doctest
+import importlib
 import math
 
 import pytest
@@ -38,3 +40,7 @@ def test_block_size_uses_every_sample_when_a_large_divisor_exists():
     assert block_size(32 * 15910) == (688, 32 * 15910)  # 509120 = 688 * 740, sqrt = 713.5
     with pytest.raises(ValueError, match="at least 4 samples"):
         block_size(3)
+
+
+def test_docstring_examples():
+    assert doctest.testmod(importlib.import_module("l2o_lightning.dynamics.tail_index")).failed == 0
