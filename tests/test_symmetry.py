@@ -136,11 +136,15 @@ def test_batched_rows_match_single_rows_and_sum_abs_is_differentiable():
     model, _, _ = make("deep_bn_leaky")
     theta = model.flat_parameters().double()
     v = torch.randn(3, len(theta), dtype=torch.float64, requires_grad=True)
+    thetas = theta * torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)  # [3, D]
     batched = deviations(model, v, theta)
+    batched_thetas = deviations(model, v, thetas)
     for i in range(3):
         single = deviations(model, v[i], theta)
+        single_theta = deviations(model, v[i], thetas[i])
         for kind, dev in single.items():
             torch.testing.assert_close(batched[kind].normalized[i], dev.normalized)
+            torch.testing.assert_close(batched_thetas[kind].sum_abs[i], single_theta[kind].sum_abs)
     # d sum_j |d_j| / dv = sum_j sign(d_j) theta_tilde_j, e.g. +W[j] on the scale rows
     (grad,) = torch.autograd.grad(batched["scale"].sum_abs.sum(), v)
     vs, ts = model.layout.unflatten(v.detach()), model.layout.unflatten(theta)

@@ -42,25 +42,28 @@ class Deviation:
 
 
 def group_terms(
-    group: SymmetryGroup, v: Mapping[str, Tensor], theta: Mapping[str, Tensor]
+    group: SymmetryGroup, v: Mapping[str, Tensor], theta: Mapping[str, Tensor], layout: ParamLayout
 ) -> tuple[Tensor, Tensor]:
     """Per-neuron ``d_j = <v_j, theta_tilde_j>`` and weights ``||v_j|| ||theta_tilde_j||``.
 
     Args:
         group: the symmetry group.
         v: named slices of ``v``, each ``[*batch, *param_shape]``.
-        theta: named parameters, each ``[*param_shape]`` (or broadcastable to ``v``'s).
+        theta: named parameters, each ``[*param_shape]`` or ``[*batch, *param_shape]``.
+        layout: gives each parameter's own shape.
 
     Returns:
         ``(d, weight)``, both ``[*batch, J]`` with ``J`` the group's number of constraints.
     """
+    shapes = dict(zip(layout.names, layout.shapes, strict=True))
     if group.kind == "translation":
-        return _translation_terms(group, v, theta)
+        return _translation_terms(group, v, shapes)
     d = v_sq = theta_sq = 0
     for name in group.incoming:  # row j of each: [*batch, n, ...] -> [*batch, n]
-        d = d + _rows_sum(v[name] * theta[name], theta[name].ndim)
-        v_sq = v_sq + _rows_sum(v[name].square(), theta[name].ndim)
-        theta_sq = theta_sq + _rows_sum(theta[name].square(), theta[name].ndim)
+        ndim = len(shapes[name])
+        d = d + _rows_sum(v[name] * theta[name], ndim)
+        v_sq = v_sq + _rows_sum(v[name].square(), ndim)
+        theta_sq = theta_sq + _rows_sum(theta[name].square(), ndim)
     for name in group.outgoing:  # column j of the next weight [*batch, m, n] -> [*batch, n]
         d = d - (v[name] * theta[name]).sum(-2)
         v_sq = v_sq + v[name].square().sum(-2)
@@ -74,13 +77,13 @@ def _rows_sum(x: Tensor, param_ndim: int) -> Tensor:
 
 
 def _translation_terms(
-    group: SymmetryGroup, v: Mapping[str, Tensor], theta: Mapping[str, Tensor]
+    group: SymmetryGroup, v: Mapping[str, Tensor], shapes: Mapping[str, torch.Size]
 ) -> tuple[Tensor, Tensor]:
     """Translation: ``d_i = sum_k v[k, i]`` per column of ``W`` and ``d_b = sum_k v_b[k]``;
     ``||theta_tilde|| = sqrt(number of classes)``."""
     d, weight = [], []
     for name in group.incoming:
-        ndim, classes = theta[name].ndim, theta[name].shape[0]
+        ndim, classes = len(shapes[name]), shapes[name][0]
         lead = v[name].shape[: v[name].ndim - ndim]
         d.append(v[name].sum(-ndim).reshape(*lead, -1))  # [*batch, columns or 1]
         v_norm = v[name].square().sum(-ndim).sqrt().reshape(*lead, -1)
@@ -110,7 +113,7 @@ def symmetry_deviations(
 
     Args:
         v: flat vectors in ``layout`` order: ``-u`` for an update ``u``, or a gradient.
-        theta: flat parameters before the step, ``[D]`` (or ``[*batch, D]``).
+        theta: flat parameters before the step, ``[D]`` or ``[*batch, D]``.
         groups: e.g. ``MLP.symmetry_groups()``.
         layout: the flat layout of ``v`` and ``theta``.
 
@@ -120,7 +123,7 @@ def symmetry_deviations(
     v_named, theta_named = layout.unflatten(v), layout.unflatten(theta)
     terms: dict[SymmetryKind, list[tuple[Tensor, Tensor]]] = {}
     for group in groups:
-        terms.setdefault(group.kind, []).append(group_terms(group, v_named, theta_named))
+        terms.setdefault(group.kind, []).append(group_terms(group, v_named, theta_named, layout))
     return {
         kind: deviation(torch.cat([d for d, _ in parts], -1), torch.cat([w for _, w in parts], -1))
         for kind, parts in terms.items()
