@@ -1,5 +1,7 @@
 """Probes on real MNIST runs: every documented tag is written, and training is unchanged."""
 
+import doctest
+import importlib
 import math
 from functools import partial
 from pathlib import Path
@@ -64,7 +66,13 @@ def test_all_probes_write_every_documented_tag(probed_run):
     accumulator.Reload()
     expected = {f"{kind}_hist/{name}" for kind in ("update", "grad") for name in BN_RELU_PARAMS}
     assert set(accumulator.Tags()["histograms"]) == expected
-    assert [event.step for event in accumulator.Histograms("update_hist/linears.0.weight")] == PROBED_STEPS
+    events = accumulator.Histograms("update_hist/linears.0.weight")
+    assert [event.step for event in events] == PROBED_STEPS
+    # |update| bins are log-spaced (a log-x plot resolves magnitudes) and hold every weight
+    histogram = events[1].histogram_value
+    limits = torch.tensor(histogram.bucket_limit, dtype=torch.float64)[1:]  # after the zeros bucket
+    torch.testing.assert_close(limits[1:] / limits[:-1], (limits[1] / limits[0]).expand(len(limits) - 1))
+    assert sum(histogram.bucket) == 784 * 20 and histogram.max == pytest.approx(max(limits).item())
 
 
 def test_probed_values_are_the_applied_step(probed_run):
@@ -131,3 +139,7 @@ def test_probes_leave_params_and_rng_alone_with_every_optimizer(name, mnist_dir,
 def test_probes_warn_and_stand_down_without_tensorboard(mnist_dir, tmp_path):
     with pytest.warns(UserWarning, match="TailIndexProbe logs to TensorBoard only"):
         short_fit(tmp_path, OPTIMIZERS["adam"], all_probes("batch"), logger=CSVLogger(tmp_path))
+
+
+def test_docstring_examples():
+    assert doctest.testmod(importlib.import_module("l2o_lightning.callbacks.update_stats")).failed == 0

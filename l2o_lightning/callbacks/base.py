@@ -91,10 +91,10 @@ class Probe(L.Callback):
     def log_scalars(self, scalars: Mapping[str, Tensor | float], step: int) -> None:
         self._logger.log_metrics({tag: float(value) for tag, value in scalars.items()}, step=step)
 
-    def log_histogram(self, tag: str, values: Tensor, step: int, bins: int) -> None:
-        """A histogram of ``values`` with ``bins`` equal-width bins, binned by torch (the
-        TensorBoard writer's numpy binning costs several times more)."""
-        counts, edges = torch.histogram(values.float().cpu(), bins)
+    def log_histogram(self, tag: str, values: Tensor, step: int, bins: int | Tensor) -> None:
+        """A histogram of CPU ``values`` with ``bins`` equal-width bins or the given float64
+        edges, binned by torch (the TensorBoard writer's numpy binning costs several times more)."""
+        counts, edges = torch.histogram(values.double(), bins)
         self._logger.experiment.add_histogram_raw(
             tag, min=values.min().item(), max=values.max().item(), num=values.numel(),
             sum=values.sum().item(), sum_squares=values.square().sum().item(),

@@ -3,6 +3,7 @@ update-size and histogram plots)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from l2o_lightning.callbacks.base import AppliedUpdateProbe
@@ -11,21 +12,40 @@ from l2o_lightning.optimizees import MLP
 HISTOGRAM_BINS = 64
 
 
+def magnitude_edges(size: Tensor, bins: int) -> Tensor | int:
+    """Bin edges for values ``>= 0`` that resolve magnitudes on a log axis: ``0``, then
+    ``bins`` log-spaced edges from the smallest positive value to the largest (so exact
+    zeros, and only they, fall in the first bucket); ``bins`` equal-width bins when there
+    are fewer than two distinct positive values.
+
+    >>> magnitude_edges(torch.tensor([0.0, 1e-3, 1e-1, 1e1]), 3)
+    tensor([0.0000e+00, 1.0000e-03, 1.0000e-01, 1.0000e+01], dtype=torch.float64)
+    """
+    positive = size[size > 0].double()
+    if positive.numel() == 0 or positive.min() == positive.max():
+        return bins
+    lo, hi = positive.min(), positive.max()
+    edges = torch.logspace(lo.log10().item(), hi.log10().item(), bins, dtype=torch.float64)
+    edges[0], edges[-1] = lo, hi  # exact ends despite rounding in logspace
+    return torch.cat([edges.new_zeros(1), edges])
+
+
 class UpdateStatsProbe(AppliedUpdateProbe):
     """Logs ``update/abs_mean`` (mean ``|u|``), ``update/abs_max`` (max ``|u|``),
-    ``update/norm`` (``||u||_2``) of the applied update ``u``, and histograms of ``|u|``
-    (``update_hist/<param>``) and of the gradient (``grad_hist/<param>``) per parameter tensor,
-    with ``HISTOGRAM_BINS`` equal-width bins.
+    ``update/norm`` (``||u||_2``) of the applied update ``u``, and per parameter tensor the
+    histograms ``update_hist/<param>`` of ``|u|`` (log-spaced bins, :func:`magnitude_edges`)
+    and ``grad_hist/<param>`` of the gradient (equal-width bins), ``HISTOGRAM_BINS`` each.
 
     Args:
         every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
     """
 
     def observe(self, step: int, model: MLP, theta: Tensor, grad: Tensor, update: Tensor) -> None:
-        size = update.abs()
+        size, grad = update.abs().cpu(), grad.cpu()  # torch.histogram runs on the CPU
         self.log_scalars(
             {"update/abs_mean": size.mean(), "update/abs_max": size.max(), "update/norm": update.norm()}, step
         )
         for name, where in model.layout.slices.items():
-            self.log_histogram(f"update_hist/{name}", size[where], step, HISTOGRAM_BINS)
+            edges = magnitude_edges(size[where], HISTOGRAM_BINS)
+            self.log_histogram(f"update_hist/{name}", size[where], step, edges)
             self.log_histogram(f"grad_hist/{name}", grad[where], step, HISTOGRAM_BINS)
