@@ -107,19 +107,17 @@ def fig_histograms(runs: list[Run], out: Path) -> None:
             continue
         per_step = cell[0].histograms("update_hist/linears.0.weight")
         for ax, step in zip(axes, HISTOGRAM_STEPS, strict=True):
-            logged = [s for s in per_step if s <= step]
-            if not logged:
+            if step - 1 not in per_step:  # logged at global_step = step - 1
                 continue
-            edges, counts = per_step[max(logged)]
+            edges, counts = per_step[step - 1]
             positive = edges > 0
             ax.step(edges[positive], counts[positive] / max(counts.sum(), 1), where="post",
                     **_style(optimizer))
-            ax.annotate(f"{optimizer}: logged step {max(logged)}", (0.02, 0.95 - 0.07 * len(ax.texts)),
-                        xycoords="axes fraction", fontsize=6)
     for ax, step in zip(axes, HISTOGRAM_STEPS, strict=True):
         ax.set(title=f"step {step}", xlabel="|update| (first layer)", xscale="log")
-    axes[0].set_ylabel("fraction of weights")
-    axes[-1].legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel("fraction of weights (first seed)")
     _save(fig, out / "fig_histograms.png")
 
 

@@ -67,7 +67,8 @@ def test_all_probes_write_every_documented_tag(probed_run):
     expected = {f"{kind}_hist/{name}" for kind in ("update", "grad") for name in BN_RELU_PARAMS}
     assert set(accumulator.Tags()["histograms"]) == expected
     events = accumulator.Histograms("update_hist/linears.0.weight")
-    assert [event.step for event in events] == PROBED_STEPS
+    # every probed step, plus the paper's Fig. 9 steps 1, 5, 10, 30 at global_step = step - 1
+    assert [event.step for event in events] == sorted({*PROBED_STEPS, 0, 4, 9, 29})
     # |update| bins are log-spaced (a log-x plot resolves magnitudes) and hold every weight
     histogram = events[1].histogram_value
     limits = torch.tensor(histogram.bucket_limit, dtype=torch.float64)[1:]  # after the zeros bucket

@@ -3,6 +3,7 @@ update-size and histogram plots)."""
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 from torch import Tensor
 
@@ -38,13 +39,27 @@ class UpdateStatsProbe(AppliedUpdateProbe):
 
     Args:
         every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
+        histogram_steps: 1-based optimizee steps that also get histograms (the paper's
+            Fig. 9: 1, 5, 10, 30, 100, 500), logged at ``global_step = step - 1``.
     """
+
+    def __init__(
+        self, every_n_steps: int = 10, histogram_steps: list[int] = [1, 5, 10, 30, 100, 500]  # noqa: B006
+    ) -> None:
+        super().__init__(every_n_steps)
+        self.histogram_steps = frozenset(histogram_steps)
+
+    def due(self, trainer: L.Trainer) -> bool:
+        paper_step = self._logger is not None and trainer.global_step + 1 in self.histogram_steps
+        return super().due(trainer) or paper_step
 
     def observe(self, step: int, model: MLP, theta: Tensor, grad: Tensor, update: Tensor) -> None:
         size, grad = update.abs().cpu(), grad.cpu()  # torch.histogram runs on the CPU
-        self.log_scalars(
-            {"update/abs_mean": size.mean(), "update/abs_max": size.max(), "update/norm": update.norm()}, step
-        )
+        if step % self.every_n_steps == 0:
+            self.log_scalars(
+                {"update/abs_mean": size.mean(), "update/abs_max": size.max(), "update/norm": update.norm()},
+                step,
+            )
         for name, where in model.layout.slices.items():
             edges = magnitude_edges(size[where], HISTOGRAM_BINS)
             self.log_histogram(f"update_hist/{name}", size[where], step, edges)
