@@ -1,0 +1,189 @@
+"""Meta-training: meta-gradients, truncation boundaries, and real CLI runs on MNIST."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from l2o_lightning.data import EndlessMinibatches
+from l2o_lightning.learned import LSTMOptimizerNet
+from l2o_lightning.meta import (
+    Trajectory,
+    first_order_loss,
+    meta_objective,
+    optimizee_loss_and_grad,
+    unroll_truncation,
+)
+from l2o_lightning.optimizees import MLP
+from l2o_lightning.tb import read_scalars
+
+
+def no_penalty(update: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    return update.new_zeros(())
+
+
+def tiny_problem(steps: int = 3):
+    """A float64 MLP 4-3-3 on random data, a small LSTM, and a fresh trajectory."""
+    torch.manual_seed(0)
+    optimizee = MLP(hidden=[3], in_features=4, num_classes=3).double().requires_grad_(False)
+    net = LSTMOptimizerNet(hidden_size=4).double()
+    params = optimizee.sample_flat(torch.Generator().manual_seed(0))[None]
+    xs = torch.randn(steps, 1, 5, 4, dtype=torch.float64)
+    ys = torch.randint(0, 3, (steps, 1, 5))
+    trajectory = Trajectory(params, net.initial_state(params.shape, dtype=torch.float64))
+    return optimizee, net, trajectory, xs, ys
+
+
+def test_first_order_loss_has_the_loss_value_and_the_gradient_as_derivative():
+    params = torch.randn(2, 5, requires_grad=True)
+    loss, grad = torch.tensor([1.5, 2.5]), torch.randn(2, 5)
+    surrogate = first_order_loss(loss, grad, params)
+    assert torch.equal(surrogate.detach(), loss)
+    (derivative,) = torch.autograd.grad(surrogate.sum(), params)
+    assert torch.equal(derivative, grad)
+
+
+@pytest.mark.parametrize("kind", ["sum", "log_sum"])
+def test_meta_gradient_matches_finite_differences(kind):
+    """Over a 3-step unroll the meta-gradient is the derivative of the meta-loss with the
+    optimizee gradients held at their values (no second derivatives, as in the paper)."""
+    optimizee, net, trajectory, xs, ys = tiny_problem()
+    _, losses, _ = unroll_truncation(net, optimizee, trajectory, xs, ys, no_penalty)
+    names = [name for name, _ in net.named_parameters()]
+    meta_grad = torch.autograd.grad(meta_objective(losses, kind), list(net.parameters()))
+
+    recorded_grads, params, state = [], trajectory.params, trajectory.state
+    with torch.no_grad():
+        for x, y in zip(xs, ys, strict=True):
+            _, grad = optimizee_loss_and_grad(optimizee, params, x, y)
+            recorded_grads.append(grad)
+            update, state = net(grad, state)
+            params = params + update
+
+    def meta_loss_with_frozen_gradients(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        params, state, step_losses = trajectory.params, trajectory.state, []
+        for x, y, grad in zip(xs, ys, recorded_grads, strict=True):
+            step_losses.append(optimizee.functional_loss(params[0], x[0], y[0])[None])
+            update, state = functional_call(net, weights, (grad, state))
+            params = params + update
+        return meta_objective(torch.stack(step_losses), kind)
+
+    weights = {name: p.detach() for name, p in net.named_parameters()}
+    generator = torch.Generator().manual_seed(1)
+    eps = 1e-6
+    for _ in range(4):
+        direction = {n: torch.randn(w.shape, generator=generator, dtype=w.dtype) for n, w in weights.items()}
+        plus = meta_loss_with_frozen_gradients({n: weights[n] + eps * direction[n] for n in names})
+        minus = meta_loss_with_frozen_gradients({n: weights[n] - eps * direction[n] for n in names})
+        numeric = (plus - minus) / (2 * eps)
+        analytic = sum((g * direction[n]).sum() for n, g in zip(names, meta_grad, strict=True))
+        assert analytic.abs() > 1e-6
+        assert torch.allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_no_gradient_crosses_a_truncation():
+    optimizee, net, trajectory, xs, ys = tiny_problem(steps=2)
+    start = Trajectory(trajectory.params.clone().requires_grad_(), trajectory.state)
+    first, _, _ = unroll_truncation(net, optimizee, start, xs, ys, no_penalty)
+    assert first.params.grad_fn is not None and first.state.h.grad_fn is not None
+
+    boundary = first.detach()
+    assert boundary.params.grad_fn is None and not boundary.state.c.requires_grad
+    assert boundary.step == 2
+    second, losses, _ = unroll_truncation(net, optimizee, boundary, xs, ys, no_penalty)
+    meta_loss = meta_objective(losses, "sum")
+    earlier = [start.params, first.params, first.state.h, first.state.c]
+    gradients = torch.autograd.grad(meta_loss, earlier, retain_graph=True, allow_unused=True)
+    assert all(g is None for g in gradients)
+    assert any(g.abs().sum() > 0 for g in torch.autograd.grad(meta_loss, list(net.parameters())))
+
+
+def test_stacked_minibatches_follow_the_single_batch_order():
+    x, y = torch.arange(40.0)[:, None], torch.arange(40)
+    single = iter(EndlessMinibatches(x, y, batch_size=4, seed=3))
+    stacked = iter(EndlessMinibatches(x, y, batch_size=4, seed=3, batches_per_item=3))
+    xs, ys = next(stacked)
+    assert xs.shape == (3, 4, 1) and ys.shape == (3, 4)
+    for k in range(3):
+        xb, yb = next(single)
+        assert torch.equal(xs[k], xb) and torch.equal(ys[k], yb)
+
+
+# ---------------------------------------------------------------------------- CLI runs on MNIST
+TINY_META_TRAINING = (
+    "--model.init_args.n_iters", "40", "--model.init_args.trajectories", "3",
+    "--model.init_args.val_n_iters", "20", "--model.init_args.eval_tasks", "2",
+    "--trainer.val_check_interval", "6",
+)
+
+
+def meta_losses(run_dir) -> list[float]:
+    return [value for _, value in read_scalars(run_dir)["meta/loss"]]
+
+
+@pytest.mark.mnist
+def test_meta_training_learns_checkpoints_and_feeds_l2o(run_cli, tmp_path):
+    run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *TINY_META_TRAINING)
+    run_dir = tmp_path / "logs" / "meta_train" / "leaky_relu" / "version_0"
+    losses = meta_losses(run_dir)
+    assert len(losses) == 6
+    # truncations 0, 2 and 4 each start a fresh optimizee: the LSTM has learned in between
+    assert losses[4] < losses[0] / 2
+    scalars = read_scalars(run_dir)
+    assert {"val/final_loss", "val/mean_loss", "val/final_test_acc", "meta/trajectory_step"} <= set(scalars)
+    assert len(scalars["val/loss_curve/meta_step_6"]) == 20
+
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file() and list((run_dir / "checkpoints").glob("best-step*.ckpt"))
+    assert torch.load(checkpoint, weights_only=True)["l2o"]["net_config"]["out_mult"] == 0.1
+
+    run_cli("fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", "configs/optimizers/l2o.yaml",
+            "--optimizer.checkpoint", str(checkpoint), "--trainer.max_steps", "15")
+    train_loss = read_scalars(tmp_path / "logs" / "meta_test" / "leaky_relu" / "version_0")["train/loss"]
+    assert len(train_loss) == 15 and train_loss[-1][1] < train_loss[0][1]
+
+    run_cli("test", "-c", "configs/meta_train/leaky_relu.yaml", "--ckpt_path", str(checkpoint),
+            "--model.init_args.test_n_iters", "30", "--model.init_args.eval_tasks", "2")
+    tested = read_scalars(tmp_path / "logs" / "meta_train" / "leaky_relu" / "version_1")
+    assert len(tested["test/loss_curve"]) == 30
+    assert tested["test/final_loss"][0][1] < tested["test/loss_curve"][0][1]
+    assert 0.0 <= tested["test/final_test_acc"][0][1] <= 1.0
+
+
+@pytest.mark.mnist
+def test_same_seed_same_meta_loss_sequence(run_cli, tmp_path):
+    fewer = ("--model.init_args.n_iters", "20", "--model.init_args.trajectories", "3",
+             "--model.init_args.val_n_iters", "5", "--model.init_args.eval_tasks", "1")
+    for _ in range(2):
+        run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *fewer, "--seed_everything", "7")
+    run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *fewer, "--seed_everything", "8")
+    runs = tmp_path / "logs" / "meta_train" / "leaky_relu"
+    first, again, other = (meta_losses(runs / f"version_{v}") for v in range(3))
+    assert len(first) == 3 and first == again
+    assert first != other
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (("--data.batches_per_step", "5"), r"holds 5: set `data.batches_per_step` to 20"),
+        (("--model.init_args.n_iters", "50"), r"`model.n_iters` \(50\) must be a positive multiple"),
+    ],
+)
+def test_bad_meta_training_settings_are_named(run_cli, capsys, override, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *override)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.mnist
+def test_missing_l2o_checkpoint_in_the_cli_names_the_setting(run_cli, capsys):
+    with pytest.raises(SystemExit):
+        run_cli("fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", "configs/optimizers/l2o.yaml",
+                "--trainer.max_steps", "2")
+    assert "(setting `optimizer.checkpoint`) does not exist" in capsys.readouterr().err
