@@ -101,8 +101,8 @@ class LionSGD(Optimizer):
 
 
 _CHECKPOINT_HINT = (
-    "pass a checkpoint written by meta-training (`l2o fit -c configs/meta_train/leaky_relu.yaml`), "
-    "e.g. `--optimizer.checkpoint lightning_logs/meta_train/leaky_relu/version_0/checkpoints/last.ckpt`"
+    "pass a checkpoint written by meta-training (`l2o fit -c configs/meta_train/leaky_relu.yaml`), e.g. "
+    "`--optimizer.checkpoint lightning_logs/meta_train/leaky_relu/version_0/checkpoints/best-step<N>.ckpt`"
 )
 
 
