@@ -4,6 +4,7 @@ optimizer (Andrychowicz et al. 2016, https://arxiv.org/abs/1606.04474) is :class
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -170,8 +171,26 @@ class L2O(Optimizer):
 
     def lstm_state(self) -> LSTMState:
         """The state of all parameters' coordinates, concatenated in order:
-        ``[num_layers, D, hidden]`` (zeros for parameters not stepped yet)."""
-        return LSTMState.cat([self._state_of(p) for p in self._params()], dim=1)
+        ``[num_layers, D, hidden]`` (zeros for parameters not stepped yet). It may share memory
+        with the optimizer's state: read it, do not modify it."""
+        return self._joint_state(self._params())
+
+    def _joint_state(self, params: list[Tensor]) -> LSTMState:
+        """The states of ``params`` concatenated along the coordinate dim. After a step on the
+        same parameters they are consecutive slices of one tensor, which is returned uncopied."""
+        states = [self._state_of(p) for p in params]
+        joint = LSTMState(states[0].h._base, states[0].c._base)
+        expected_shape = (self.net.num_layers, sum(p.numel() for p in params), self.net.hidden_size)
+        if joint.h is not None and joint.c is not None and joint.h.shape == expected_shape:
+            sizes = [p.numel() * self.net.hidden_size for p in params]
+            starts = list(itertools.accumulate(sizes, initial=0))[:-1]
+            if all(
+                s.h._base is joint.h and s.c._base is joint.c
+                and s.h.storage_offset() == s.c.storage_offset() == start
+                for s, start in zip(states, starts, strict=True)
+            ):
+                return joint
+        return LSTMState.cat(states, dim=1)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -186,7 +205,7 @@ class L2O(Optimizer):
         weight = self.net.head.weight
         if (weight.device, weight.dtype) != (grad.device, grad.dtype):
             self.net.to(device=grad.device, dtype=grad.dtype)
-        update, state = self.net(grad, LSTMState.cat([self._state_of(p) for p in params], dim=1))
+        update, state = self.net(grad, self._joint_state(params))
         sizes = [p.numel() for p in params]
         torch._foreach_add_(params, [u.view_as(p) for u, p in zip(update.split(sizes), params, strict=True)])
         for p, h, c in zip(params, state.h.split(sizes, 1), state.c.split(sizes, 1), strict=True):

@@ -155,6 +155,31 @@ def test_l2o_step_is_one_batched_lstm_call_over_all_parameters(l2o_checkpoint):
         assert torch.allclose(optimizer.lstm_state().h, state.h, atol=1e-6)
 
 
+def test_l2o_state_dict_round_trip_continues_the_same_trajectory(l2o_checkpoint):
+    path, _ = l2o_checkpoint
+
+    def train(model, optimizer, steps, seed):
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            model(torch.randn(8, 5, generator=generator)).square().mean().backward()
+            optimizer.step()
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    optimizer = L2O(model.parameters(), checkpoint=str(path))
+    train(model, optimizer, 2, seed=0)
+    clone = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    clone.load_state_dict(model.state_dict())
+    restored = L2O(clone.parameters(), checkpoint=str(path))
+    restored.load_state_dict(optimizer.state_dict())
+    assert torch.equal(restored.lstm_state().c, optimizer.lstm_state().c)
+    train(model, optimizer, 2, seed=1)
+    train(clone, restored, 2, seed=1)
+    for p, q in zip(model.parameters(), clone.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
 def test_l2o_leaves_parameters_without_gradient_alone(l2o_checkpoint):
     path, _ = l2o_checkpoint
     used, unused = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
