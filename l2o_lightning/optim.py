@@ -107,6 +107,16 @@ _CHECKPOINT_HINT = (
 )
 
 
+def _load_failure(err: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed, without torch's advice to
+    retry with ``weights_only=False`` (unsafe for files of unknown origin)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    detail = " ".join(text.split())
+    return f"{type(err).__name__}: {detail}" if detail else type(err).__name__
+
+
 def load_lstm_optimizer(checkpoint: str | Path) -> LSTMOptimizerNet:
     """The LSTM optimizer stored under ``"l2o"`` in a meta-training checkpoint, loaded with
     ``torch.load(weights_only=True)``; a missing, corrupt or foreign file raises
@@ -118,8 +128,10 @@ def load_lstm_optimizer(checkpoint: str | Path) -> LSTMOptimizerNet:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling arbitrary bytes can raise almost any error
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{where} cannot be read ({reason}); {_CHECKPOINT_HINT}.") from None
+        raise ConfigError(
+            f"{where} cannot be read as a checkpoint of tensors and primitives "
+            f"({_load_failure(err)}); {_CHECKPOINT_HINT}."
+        ) from None
     entry = content.get(CHECKPOINT_KEY) if isinstance(content, dict) else None
     if not isinstance(entry, dict):
         raise ConfigError(
