@@ -1,0 +1,232 @@
+"""Optimizee steps per second: meta-training the LSTM optimizer, meta-testing with
+:class:`~l2o_lightning.optim.L2O`, and a plain Adam step, on the paper's MLP (784-20-10,
+batch 128), data in memory, one process. Not a test.
+
+Usage: python benchmarks/bench_meta.py [--threads N] [--repeats R] [--compile]
+
+Times per optimizee step are the median and the best of ``repeats`` round-robin
+measurements (the best is the least disturbed by other processes on a shared machine);
+ratios divide by the Adam step. ``--compile`` adds meta-training with ``compile: true``
+and checks that it computes the same meta-loss and meta-gradient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from l2o_lightning.data import load_mnist, resolve_data_dir
+from l2o_lightning.learned import LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.meta import Trajectory, learned_step, meta_objective, unroll_truncation
+from l2o_lightning.optim import L2O
+from l2o_lightning.optimizees import MLP
+
+BATCH, POOL = 128, 64
+
+
+def timings(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """``(median, best)`` seconds of ``fn()`` over ``repeats`` calls after one warm-up."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), min(samples)
+
+
+def round_robin(
+    runs: dict[str, tuple[Callable[[], object], int, int]], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """``name -> (median, best)`` seconds per optimizee step. ``runs`` maps a name to
+    ``(fn, calls, steps_per_call)``; every repeat times ``calls`` calls of each run in turn
+    (enough of them to amortise the cold caches a previous run leaves behind),
+    so a burst of load from other processes hits all runs alike."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for fn, _, _ in runs.values():
+        fn()
+    for _ in range(repeats):
+        for name, (fn, calls, steps) in runs.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter() - start) / (calls * steps))
+    return {name: (statistics.median(ts), min(ts)) for name, ts in samples.items()}
+
+
+def minibatch_pool() -> tuple[torch.Tensor, torch.Tensor]:
+    """``POOL`` training minibatches ``[POOL, BATCH, 784]`` (MNIST if present, else noise)."""
+    generator = torch.Generator().manual_seed(0)
+    try:
+        x, y = load_mnist(resolve_data_dir(None), True, download=False)
+        idx = torch.randperm(len(x), generator=generator)[: POOL * BATCH].view(POOL, BATCH)
+        return x[idx], y[idx]
+    except Exception as err:  # noqa: BLE001 - a benchmark runs on noise rather than stop
+        print(f"(MNIST unavailable: {err.__class__.__name__}; timing on random data)")
+        return torch.randn(POOL, BATCH, 784, generator=generator), torch.randint(0, 10, (POOL, BATCH))
+
+
+class TorchOptimizerRun:
+    """An ordinary optimizee step: forward, backward, ``optimizer.step()``."""
+
+    def __init__(self, make_optimizer: Callable, xs: torch.Tensor, ys: torch.Tensor) -> None:
+        torch.manual_seed(0)
+        self.model = MLP()
+        self.optimizer = make_optimizer(self.model.parameters())
+        self.xs, self.ys, self.i = xs, ys, 0
+
+    def step(self) -> None:
+        x, y = self.xs[self.i % POOL], self.ys[self.i % POOL]
+        self.i += 1
+        self.optimizer.zero_grad()
+        F.cross_entropy(self.model(x), y).backward()
+        self.optimizer.step()
+
+
+class MetaTrainRun:
+    """Truncations of meta-training on one optimizee (as ``MetaTrainModule.training_step``)."""
+
+    def __init__(self, xs: torch.Tensor, ys: torch.Tensor, compile: bool = False) -> None:
+        torch.manual_seed(0)
+        self.optimizee = MLP().requires_grad_(False)
+        self.net = LSTMOptimizerNet()
+        if compile:
+            self.net.compile_kernels()
+        self.meta_optimizer = torch.optim.Adam(self.net.parameters(), lr=0.01)
+        self.xs, self.ys = xs.unsqueeze(1), ys.unsqueeze(1)
+        self.restart()
+
+    def restart(self) -> None:
+        params = self.optimizee.sample_flat(torch.Generator().manual_seed(0))[None]
+        self.trajectory = Trajectory(params, self.net.initial_state(params.shape))
+
+    def truncation(self, unroll: int) -> torch.Tensor:
+        start = self.trajectory.step % (POOL - unroll)
+        xs, ys = self.xs[start : start + unroll], self.ys[start : start + unroll]
+        trajectory, losses, penalty = unroll_truncation(
+            self.net, self.optimizee, self.trajectory, xs, ys, lambda u, p: u.new_zeros(())
+        )
+        loss = meta_objective(losses, "sum") + penalty
+        self.meta_optimizer.zero_grad()
+        loss.backward()
+        self.meta_optimizer.step()
+        self.trajectory = trajectory.detach()
+        if self.trajectory.step >= 200:
+            self.restart()
+        return loss.detach()
+
+
+def retained_bytes_per_step(run: MetaTrainRun, unroll: int) -> float:
+    """Bytes of the tensors the autograd graph of one truncation saves for backward
+    (each storage counted once), divided by ``unroll``."""
+    trajectory, losses, _ = unroll_truncation(
+        run.net, run.optimizee, run.trajectory, run.xs[:unroll], run.ys[:unroll],
+        lambda u, p: u.new_zeros(()),
+    )
+    storages, seen, stack = {}, set(), [meta_objective(losses, "sum").grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        saved = [getattr(node, name) for name in dir(node) if name.startswith("_saved_")]
+        if hasattr(node, "saved_tensors"):  # custom autograd.Function
+            saved += list(node.saved_tensors)
+        for tensor in saved:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return sum(storages.values()) / unroll
+
+
+def position_profile(run: MetaTrainRun, unroll: int, repeats: int) -> list[float]:
+    """Best forward seconds of the step at each position 1..unroll inside a truncation,
+    plus the backward and meta-step of the whole truncation divided by ``unroll``."""
+    best = [float("inf")] * (unroll + 1)
+    for _ in range(repeats):
+        params, state = run.trajectory.params, run.trajectory.state
+        losses = []
+        for k in range(unroll):
+            start = time.perf_counter()
+            params, state, loss, _ = learned_step(
+                run.net, run.optimizee, params, state, run.xs[k], run.ys[k]
+            )
+            losses.append(loss)
+            best[k] = min(best[k], time.perf_counter() - start)
+        start = time.perf_counter()
+        run.meta_optimizer.zero_grad()
+        meta_objective(torch.stack(losses), "sum").backward()
+        run.meta_optimizer.step()
+        best[unroll] = min(best[unroll], (time.perf_counter() - start) / unroll)
+    return best
+
+
+def compile_check(eager: MetaTrainRun, compiled: MetaTrainRun) -> None:
+    """Compare the first truncation's meta-loss and meta-gradient of eager and compiled kernels."""
+    start = time.perf_counter()
+    losses = [run.truncation(20) for run in (eager, compiled)]
+    print(f"\ntorch.compile: first truncations incl. compilation {time.perf_counter() - start:.1f} s")
+    grads = [torch.cat([p.grad.flatten() for p in run.net.parameters()]) for run in (eager, compiled)]
+    scale = grads[0].abs().max().item()
+    print(f"  meta-loss eager {losses[0].item():.6f} compiled {losses[1].item():.6f}; "
+          f"max |meta-grad diff| / max |meta-grad| = {(grads[0] - grads[1]).abs().max().item() / scale:.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--compile", action="store_true", help="also time compile: true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    xs, ys = minibatch_pool()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        checkpoint = Path(tmp) / "l2o.ckpt"
+        torch.save({"l2o": checkpoint_entry(LSTMOptimizerNet())}, checkpoint)
+        adam = TorchOptimizerRun(lambda p: torch.optim.Adam(p, lr=0.03), xs, ys)
+        l2o = TorchOptimizerRun(lambda p: L2O(p, str(checkpoint)), xs, ys)
+    meta = MetaTrainRun(xs, ys)
+    runs = {
+        "Adam step": (adam.step, 200, 1),
+        "L2O meta-testing": (l2o.step, 20, 1),
+        "meta-training": (lambda: meta.truncation(20), 1, 20),
+    }
+    if args.compile:
+        compiled = MetaTrainRun(xs, ys, compile=True)
+        compile_check(MetaTrainRun(xs, ys), compiled)
+        runs["meta-training compiled"] = (lambda: compiled.truncation(20), 1, 20)
+    rows = round_robin(runs, args.repeats)
+
+    base_median, base_best = rows["Adam step"]
+    print(f"\n{'':22s} {'steps/s':>8s} {'ms/step':>8s} {'ratio':>7s} | {'best ms':>8s} {'ratio':>7s}")
+    for name, (median, best) in rows.items():
+        print(f"{name:22s} {1 / median:8.1f} {median * 1e3:8.2f} {median / base_median:6.1f}x "
+              f"| {best * 1e3:8.2f} {best / base_best:6.1f}x")
+
+    print("\nmeta-training, best ms per step by position inside a truncation of 20 (forward):")
+    profile = position_profile(meta, 20, max(3, args.repeats // 3))
+    print("  " + " ".join(f"{k + 1}:{t * 1e3:.1f}" for k, t in enumerate(profile[:-1])))
+    print(f"  backward + meta-step, per step: {profile[-1] * 1e3:.1f} ms")
+
+    print("\nmeta-training by unroll length (ms per optimizee step, median / best):")
+    for unroll in (5, 20, 50):
+        median, best = timings(lambda unroll=unroll: meta.truncation(unroll), max(3, args.repeats // 3))
+        print(f"  unroll {unroll:3d}: {median / unroll * 1e3:7.2f} / {best / unroll * 1e3:7.2f}")
+
+    print(f"\nautograd memory retained per step: {retained_bytes_per_step(meta, 20) / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
