@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Literal
+from typing import Literal, TypedDict
 
 import lightning as L
 import torch
@@ -31,12 +31,30 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from l2o_lightning.data import EndlessMinibatches
+from l2o_lightning.dynamics.symmetry import symmetry_deviations
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import LSTMOptimizerNet, LSTMState, checkpoint_entry
 from l2o_lightning.optimizees import MLP
 
 MetaLossKind = Literal["sum", "log_sum"]
 UpdatePenalty = Callable[[Tensor, Tensor], Tensor]
+
+
+class SymmetryReg(TypedDict, total=False):
+    """The symmetry-breaking regularizer (paper Fig. 2): ``beta`` times the ``sum_abs``
+    deviation of the L2O's updates from the constraints of the symmetries in ``kinds``."""
+
+    beta: float
+    kinds: list[str]
+
+
+def symmetry_penalty(
+    update: Tensor, params: Tensor, optimizee: MLP, kinds: list[str], beta: float
+) -> Tensor:
+    """``beta * sum_kinds sum_j |<v_j, theta_tilde_j>|`` with ``v = -u``, mean over tasks;
+    differentiable in ``update`` and ``params`` (``[tasks, D]`` each)."""
+    deviations = symmetry_deviations(-update, params, optimizee.symmetry_groups(), optimizee.layout)
+    return beta * sum(deviations[kind].sum_abs for kind in kinds).mean()
 
 
 @dataclass
@@ -181,6 +199,9 @@ class MetaTrainModule(L.LightningModule):
             ``seed_everything``, which seeds meta-training's.
         compile: run the LSTM's elementwise work through ``torch.compile``
             (:meth:`LSTMOptimizerNet.compile_kernels`).
+        symmetry_reg: ``{beta, kinds}`` adds :func:`symmetry_penalty` of every update of a
+            truncation to its meta-loss (logged as ``meta/symmetry_penalty``); ``None`` or
+            ``beta = 0`` trains without it.
     """
 
     def __init__(
@@ -202,6 +223,7 @@ class MetaTrainModule(L.LightningModule):
         test_n_iters: int = 1000,
         eval_seed: int = 1000,
         compile: bool = False,
+        symmetry_reg: SymmetryReg | None = None,
     ) -> None:
         super().__init__()
         validate_meta_args(unroll, n_iters, meta_loss, trajectories, eval_tasks)
@@ -215,6 +237,7 @@ class MetaTrainModule(L.LightningModule):
         self.automatic_optimization = False
         self.optimizee = MLP(hidden, activation, batchnorm)
         self.optimizee.requires_grad_(False)
+        self.symmetry_reg = validate_symmetry_reg(symmetry_reg, self.optimizee)
         self.net = LSTMOptimizerNet(hidden_size, num_layers, preproc_p, out_mult)
         if compile:
             self.net.compile_kernels()
@@ -237,8 +260,10 @@ class MetaTrainModule(L.LightningModule):
         return Trajectory(params, self.net.initial_state(params.shape, device=self.device))
 
     def update_penalty(self, update: Tensor, params: Tensor) -> Tensor:
-        """Per-step term added to the meta-loss (e.g. ``beta * deviation(update)``); none here."""
-        return update.new_zeros(())
+        """Per-step term added to the meta-loss: the symmetry regularizer, if any."""
+        if self.symmetry_reg is None:
+            return update.new_zeros(())
+        return symmetry_penalty(update, params, self.optimizee, **self.symmetry_reg)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         xs, ys = self.truncation_minibatches(batch)
@@ -259,6 +284,8 @@ class MetaTrainModule(L.LightningModule):
         self.trajectory = trajectory.detach()
 
         self.log("meta/loss", loss.detach(), prog_bar=True)
+        if self.symmetry_reg is not None:
+            self.log("meta/symmetry_penalty", penalty.detach())
         self.log("meta/optimizee_loss", step_losses.detach().mean(), prog_bar=True)
         self.log("meta/trajectory_step", float(trajectory.step))
         self.log("meta/trajectory", float(self.trajectories_started))
@@ -355,3 +382,19 @@ def validate_meta_args(
         raise ConfigError(f"`model.trajectories` must be positive or null, got {trajectories}.")
     if eval_tasks <= 0:
         raise ConfigError(f"`model.eval_tasks` must be positive, got {eval_tasks}.")
+
+
+def validate_symmetry_reg(symmetry_reg: SymmetryReg | None, optimizee: MLP) -> dict | None:
+    """``{beta, kinds}`` with defaults filled in, ``None`` when it adds nothing; a
+    :class:`ConfigError` naming ``model.symmetry_reg`` for a negative ``beta`` or a kind the
+    optimizee does not have."""
+    if not symmetry_reg or not symmetry_reg.get("beta"):
+        return None
+    beta, kinds = float(symmetry_reg["beta"]), list(symmetry_reg.get("kinds", ["rescale"]))
+    available = sorted({group.kind for group in optimizee.symmetry_groups()})
+    if beta < 0 or not kinds or not set(kinds) <= set(available):
+        raise ConfigError(
+            f"invalid `model.symmetry_reg` (beta={beta}, kinds={kinds}): beta must be >= 0 and "
+            f"kinds a non-empty subset of this optimizee's symmetries {available}."
+        )
+    return {"beta": beta, "kinds": kinds}

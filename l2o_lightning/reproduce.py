@@ -85,8 +85,17 @@ def meta_train_job(out: Path, optimizee: str, beta: float, preset: Preset) -> Jo
 
 
 def checkpoint_path(out: Path, meta_train: str) -> Path:
-    """Where a meta-training job leaves the checkpoint meta-tests load."""
-    return out / meta_train / "checkpoints" / "last.ckpt"
+    """Where a finished meta-training job leaves the checkpoint meta-tests load."""
+    return out / meta_train / "l2o.ckpt"
+
+
+def publish_best_checkpoint(out: Path, meta_train: str) -> None:
+    """Copy the meta-training run's best-validation checkpoint (``best-step<N>.ckpt``, else
+    ``last.ckpt``) to :func:`checkpoint_path`."""
+    folder = out / meta_train / "checkpoints"
+    candidates = sorted(folder.glob("best-step*.ckpt")) or sorted(folder.glob("last.ckpt"))
+    if candidates:
+        shutil.copyfile(candidates[-1], checkpoint_path(out, meta_train))
 
 
 def _logger_args(out: Path, name: str) -> list[str]:
@@ -201,6 +210,8 @@ class Study:
             shutil.rmtree(self.out / job.name, ignore_errors=True)
             started = time.perf_counter()
             if execute(list(job.args)) == 0:
+                if job.name.startswith("meta_train/"):
+                    publish_best_checkpoint(self.out, job.name)
                 marker = self._marker(job)
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(job.fingerprint + "\n")

@@ -9,13 +9,16 @@ import torch
 from torch.func import functional_call
 
 from l2o_lightning.data import EndlessMinibatches
+from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import LSTMOptimizerNet
 from l2o_lightning.meta import (
     Trajectory,
     first_order_loss,
     meta_objective,
     optimizee_loss_and_grad,
+    symmetry_penalty,
     unroll_truncation,
+    validate_symmetry_reg,
 )
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import read_scalars
@@ -112,6 +115,35 @@ def test_stacked_minibatches_follow_the_single_batch_order():
         assert torch.equal(xs[k], xb) and torch.equal(ys[k], yb)
 
 
+def test_symmetry_penalty_vanishes_for_gradient_steps_and_is_differentiable():
+    torch.manual_seed(0)
+    optimizee = MLP(hidden=[6], in_features=5, num_classes=4).double()
+    params = optimizee.sample_flat(torch.Generator().manual_seed(1)).double()[None]
+    x, y = torch.randn(1, 16, 5, dtype=torch.float64), torch.randint(0, 4, (1, 16))
+    _, grad = optimizee_loss_and_grad(optimizee, params, x, y)
+    sgd_step = -0.1 * grad
+    assert symmetry_penalty(sgd_step, params, optimizee, ["rescale"], beta=1.0) < 1e-12
+    update = torch.randn_like(params, requires_grad=True)
+    penalty = symmetry_penalty(update, params, optimizee, ["rescale", "translation"], beta=0.5)
+    assert penalty > 1e-3
+    (grad_update,) = torch.autograd.grad(penalty, update)
+    assert grad_update.abs().sum() > 0
+    doubled = symmetry_penalty(update, params, optimizee, ["rescale", "translation"], beta=1.0)
+    torch.testing.assert_close(doubled, 2 * penalty)
+
+
+def test_symmetry_reg_settings_are_validated_against_the_optimizee():
+    leaky, bn = MLP(hidden=[4]), MLP(hidden=[4], activation="relu", batchnorm=True)
+    assert validate_symmetry_reg(None, leaky) is None
+    assert validate_symmetry_reg({"beta": 0.0}, leaky) is None
+    assert validate_symmetry_reg({"beta": 0.5}, leaky) == {"beta": 0.5, "kinds": ["rescale"]}
+    assert validate_symmetry_reg({"beta": 1, "kinds": ["scale"]}, bn)["kinds"] == ["scale"]
+    with pytest.raises(ConfigError, match=r"model.symmetry_reg.*\['rescale', 'translation'\]"):
+        validate_symmetry_reg({"beta": 1.0, "kinds": ["scale"]}, leaky)
+    with pytest.raises(ConfigError, match="beta must be >= 0"):
+        validate_symmetry_reg({"beta": -1.0}, leaky)
+
+
 # ---------------------------------------------------------------------------- CLI runs on MNIST
 TINY_META_TRAINING = (
     "--model.init_args.n_iters", "40", "--model.init_args.trajectories", "3",
@@ -151,6 +183,19 @@ def test_meta_training_learns_checkpoints_and_feeds_l2o(run_cli, tmp_path):
     assert len(tested["test/loss_curve"]) == 30
     assert tested["test/final_loss"][0][1] < tested["test/loss_curve"][0][1]
     assert 0.0 <= tested["test/final_test_acc"][0][1] <= 1.0
+
+
+@pytest.mark.mnist
+def test_regularized_meta_training_logs_its_penalty(run_cli, tmp_path):
+    fewer = ("--model.init_args.n_iters", "20", "--model.init_args.trajectories", "2",
+             "--model.init_args.val_n_iters", "5", "--model.init_args.eval_tasks", "1")
+    run_cli("fit", "-c", "configs/meta_train/leaky_relu_reg.yaml", *fewer,
+            "--model.init_args.symmetry_reg.beta", "0.5")
+    scalars = read_scalars(tmp_path / "logs" / "meta_train" / "leaky_relu_reg" / "version_0")
+    penalties = [value for _, value in scalars["meta/symmetry_penalty"]]
+    assert len(penalties) == 2 and all(p > 0 for p in penalties)
+    # the penalty is part of the meta-loss
+    assert all(loss > p for (_, loss), p in zip(scalars["meta/loss"], penalties, strict=True))
 
 
 @pytest.mark.mnist

@@ -1,0 +1,93 @@
+"""The study plan is a pure function of the preset; an interrupted study resumes."""
+
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from l2o_lightning.reproduce import FIGURES, PRESETS, Study, checkpoint_path, plan
+
+
+def _configs(job):
+    return [job.args[i + 1] for i, a in enumerate(job.args) if a == "-c"]
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_plan_is_complete_consistent_and_pure(preset, tmp_path):
+    jobs = plan(PRESETS[preset], tmp_path)
+    assert jobs == plan(PRESETS[preset], tmp_path)
+    names = [job.name for job in jobs]
+    assert len(names) == len(set(names))
+    trained = {job.name for job in jobs if job.name.startswith("meta_train/")}
+    assert trained == {"meta_train/leaky_relu", "meta_train/bn_relu", "meta_train/leaky_relu_beta0.1",
+                       "meta_train/leaky_relu_beta0.5", "meta_train/leaky_relu_beta1"}
+    first_test = next(i for i, job in enumerate(jobs) if job.name.startswith("logs/"))
+    assert all(job.name.startswith("meta_train/") for job in jobs[:first_test])
+    for job in jobs:
+        assert all((REPO / config).exists() for config in _configs(job)), job.command()
+        if job.checkpoint_of:
+            assert job.checkpoint_of in trained
+            assert str(checkpoint_path(tmp_path, job.checkpoint_of)) in job.args
+    seeds = {n.rsplit("/", 1)[1] for n in names if n.startswith("logs/leaky_relu/adam/")}
+    assert len(seeds) == PRESETS[preset].seeds
+    optimizers = {n.split("/")[2] for n in names if n.startswith("logs/leaky_relu/")}
+    assert {"l2o", "sgd", "adam", "lion", "l2o_beta0.1", "l2o_beta1", "lion_sgd_0.25",
+            "l2o_from_bn_relu"} <= optimizers
+
+
+def test_paper_preset_uses_the_paper_budgets(tmp_path):
+    paper = PRESETS["paper"]
+    assert paper.test_steps == 1000 and paper.seeds >= 5
+    job = next(j for j in plan(paper, tmp_path) if j.name == "logs/leaky_relu/l2o/seed0")
+    assert job.args[job.args.index("--trainer.max_steps") + 1] == "1000"
+
+
+def test_only_restricts_the_plan_and_rejects_unknown_figures(tmp_path):
+    jobs = plan(PRESETS["quick"], tmp_path, seeds=1, only=["lion_sgd"])
+    assert {job.name.split("/")[2] for job in jobs} == {"sgd", "lion", "lion_sgd_0.1", "lion_sgd_0.25",
+                                                         "lion_sgd_0.5"}
+    assert not any(job.checkpoint_of for job in jobs)
+    with pytest.raises(ValueError, match="fig9.*choose from"):
+        plan(PRESETS["quick"], tmp_path, only=["fig9"])
+    assert set(FIGURES) >= {"fig1", "fig2", "fig3"}
+
+
+def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path):
+    jobs = plan(PRESETS["quick"], tmp_path, seeds=1, only=["fig1"])
+    executed: list[str] = []
+
+    def execute(args, interrupt_at=None):
+        name = _name_of(args)
+        if len(executed) == interrupt_at:
+            (tmp_path / name).mkdir(parents=True)  # a half-written run
+            raise KeyboardInterrupt
+        executed.append(name)
+        (tmp_path / name).mkdir(parents=True)
+        if name.startswith("meta_train/"):
+            (tmp_path / name / "checkpoints").mkdir()
+            (tmp_path / name / "checkpoints" / "best-step99.ckpt").write_text(name)
+        return 0
+
+    with pytest.raises(KeyboardInterrupt):
+        Study(tmp_path).run(jobs, lambda args: execute(args, interrupt_at=3))
+    first = list(executed)
+    assert first == [job.name for job in jobs[:3]]
+    failed = Study(tmp_path).run(jobs, execute)
+    assert failed == []
+    assert executed[len(first):] == [job.name for job in jobs[3:]]
+    assert Study(tmp_path).run(jobs, lambda args: pytest.fail("nothing left to run")) == []
+    assert checkpoint_path(tmp_path, "meta_train/bn_relu").read_text() == "meta_train/bn_relu"
+
+
+def test_meta_tests_of_a_failed_meta_training_are_reported_not_run(tmp_path):
+    jobs = plan(PRESETS["quick"], tmp_path, seeds=1, only=["fig1"])
+    failed = Study(tmp_path).run(jobs, lambda args: 1 if _name_of(args).startswith("meta_train/") else 0)
+    assert {job.name for job in failed} == {job.name for job in jobs if job.name.startswith("meta_train/")
+                                            or job.checkpoint_of}
+
+
+def _name_of(args):
+    save_dir = Path(args[args.index("--trainer.logger.init_args.save_dir") + 1])
+    name = args[args.index("--trainer.logger.init_args.name") + 1]
+    version = args[args.index("--trainer.logger.init_args.version") + 1]
+    return str((save_dir / name / version).relative_to(save_dir))
