@@ -42,7 +42,7 @@ class Preset:
 
 
 PRESETS = {
-    "quick": Preset(trajectories=20, test_steps=200, seeds=2, probe_every=10, minutes=20),
+    "quick": Preset(trajectories=40, test_steps=200, seeds=2, probe_every=10, minutes=25),
     "paper": Preset(trajectories=1000, test_steps=1000, seeds=5, probe_every=10, minutes=600),
 }
 
@@ -226,10 +226,13 @@ def _run_l2o(args: list[str]) -> int:
     """Run ``l2o`` in this process (saves the interpreter start-up per run); its exit status."""
     from l2o_lightning.cli import main
 
+    argv, sys.argv = sys.argv, ["l2o"]  # LightningCLI warns when it sees our own arguments
     try:
         main(args)
     except SystemExit as stop:
         return int(stop.code or 0)
+    finally:
+        sys.argv = argv
     return 0
 
 

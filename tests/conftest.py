@@ -9,6 +9,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED_DATA = REPO.parent / "shared" / "data"
+# MLP settings covering every activation, BatchNorm, and depth
+OPTIMIZEES = {
+    "leaky_relu": dict(hidden=[20], activation="leaky_relu"),
+    "relu": dict(hidden=[20], activation="relu"),
+    "linear": dict(hidden=[20], activation="linear"),
+    "sigmoid": dict(hidden=[20], activation="sigmoid"),
+    "bn_relu": dict(hidden=[20], activation="relu", batchnorm=True),
+    "deep_bn_leaky": dict(hidden=[16, 12, 8], activation="leaky_relu", batchnorm=True),
+}
 
 
 @pytest.fixture(scope="session")

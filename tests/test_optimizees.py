@@ -2,18 +2,10 @@
 
 import pytest
 import torch
+from conftest import OPTIMIZEES
 
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.optimizees import MLP
-
-OPTIMIZEES = {
-    "leaky_relu": dict(hidden=[20], activation="leaky_relu"),
-    "relu": dict(hidden=[20], activation="relu"),
-    "sigmoid": dict(hidden=[20], activation="sigmoid"),
-    "linear": dict(hidden=[20], activation="linear"),
-    "bn_relu": dict(hidden=[20], activation="relu", batchnorm=True),
-    "deep_bn_leaky": dict(hidden=[16, 12, 8], activation="leaky_relu", batchnorm=True),
-}
 
 
 @pytest.mark.parametrize("name", OPTIMIZEES)

@@ -6,19 +6,12 @@ import importlib
 
 import pytest
 import torch
+from conftest import OPTIMIZEES
 from lion_pytorch import Lion
 
 from l2o_lightning.dynamics.symmetry import symmetry_deviations
 from l2o_lightning.optimizees import MLP
 
-OPTIMIZEES = {
-    "leaky_relu": dict(hidden=[20], activation="leaky_relu"),
-    "relu": dict(hidden=[20], activation="relu"),
-    "linear": dict(hidden=[20], activation="linear"),
-    "sigmoid": dict(hidden=[20], activation="sigmoid"),
-    "bn_relu": dict(hidden=[20], activation="relu", batchnorm=True),
-    "deep_bn_leaky": dict(hidden=[16, 12, 8], activation="leaky_relu", batchnorm=True),
-}
 KINDS = {
     "leaky_relu": {"rescale", "translation"},
     "relu": {"rescale", "translation"},
