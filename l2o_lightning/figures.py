@@ -32,19 +32,27 @@ def _present(runs: list[Run], optimizee: str, wanted: tuple[str, ...] | None = N
     return [o for o in wanted if o in names] if wanted else names
 
 
-def _band(ax: plt.Axes, runs: list[Run], optimizee: str, optimizer: str, tag: str) -> None:
-    """Seed mean +- std of ``tag`` for one optimizer."""
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` values (fewer at the start)."""
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
+
+
+def _band(ax: plt.Axes, runs: list[Run], optimizee: str, optimizer: str, tag: str, smooth: int) -> None:
+    """Seed mean +- std of ``tag`` for one optimizer, each a ``smooth``-step moving average."""
     agg = aggregate(select(runs, optimizee, optimizer), tag)
     if agg is None:
         return
     style = _style(optimizer)
-    ax.plot(agg.steps, agg.mean, **style)
-    ax.fill_between(agg.steps, agg.mean - agg.std, agg.mean + agg.std, color=style["color"], alpha=0.2)
+    mean, std = moving_average(agg.mean, smooth), moving_average(agg.std, smooth)
+    ax.plot(agg.steps, mean, **style)
+    ax.fill_between(agg.steps, mean - std, mean + std, color=style["color"], alpha=0.2)
 
 
-def _panel(ax, runs, optimizee, optimizers, tag, title, ylabel, log=False) -> None:
+def _panel(ax, runs, optimizee, optimizers, tag, title, ylabel, log=False, smooth=1) -> None:
     for optimizer in optimizers:
-        _band(ax, runs, optimizee, optimizer, tag)
+        _band(ax, runs, optimizee, optimizer, tag, smooth)
     ax.set(title=title, xlabel="optimizee step", ylabel=ylabel)
     if log:
         ax.set_yscale("log")
@@ -73,7 +81,8 @@ def fig2_regularization(runs: list[Run], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, optimizee in zip(axes, ("leaky_relu", "bn_relu"), strict=True):
         _panel(ax, runs, optimizee, _present(runs, optimizee, order), "train/loss",
-               f"Symmetry-breaking regularization ({optimizee})", "train loss", log=True)
+               f"Symmetry-breaking regularization ({optimizee})", "train loss (10-step average)",
+               log=True, smooth=10)
     _save(fig, out / "fig2_regularization.png")
 
 
@@ -127,8 +136,8 @@ def fig_lion_sgd(runs: list[Run], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     _panel(axes[0], runs, "leaky_relu", present, "symmetry/translation/update/abs_sum",
            "Translation symmetry breaking (Lion-SGD)", "|sum_i d_i|")
-    _panel(axes[1], runs, "leaky_relu", present, "train/loss", "Train loss (Lion-SGD)", "train loss",
-           log=True)
+    _panel(axes[1], runs, "leaky_relu", present, "train/loss", "Train loss (Lion-SGD)",
+           "train loss (10-step average)", log=True, smooth=10)
     _save(fig, out / "fig_lion_sgd.png")
 
 

@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 FIGURES = ("fig1", "fig2", "fig3", "hist", "lion_sgd", "generalization")
@@ -243,8 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="meta-test seeds (default: the preset's)")
     parser.add_argument("--only", default=",".join(FIGURES),
                         help=f"comma-separated subset of: {', '.join(FIGURES)}")
+    parser.add_argument("--trajectories", type=int, default=None,
+                        help="meta-training budget per learned optimizer (default: the preset's)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
+    if args.trajectories is not None:
+        preset = replace(preset, trajectories=args.trajectories)
     out = Path(args.out).resolve()
     try:
         jobs = plan(preset, out, args.seeds, [f for f in args.only.split(",") if f])
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     failed = study.run(jobs)
     from l2o_lightning.report import build_report
 
-    build_report(out / "logs", out / "report")
+    for verdict in build_report(out / "logs", out / "report"):
+        print(f"[{verdict.status:>13}] {verdict.claim}\n                {verdict.measured}")
     print(f"report: {out / 'report'}")
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(j.name for j in failed), file=sys.stderr)
