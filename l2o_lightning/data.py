@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -51,30 +53,51 @@ def load_mnist(root: Path, train: bool, download: bool = True) -> tuple[Tensor, 
 
 class EndlessMinibatches(IterableDataset):
     """Shuffled minibatches forever: each pass over the data is a new permutation drawn
-    from a generator seeded with ``seed``; the last partial batch of a pass is dropped.
+    from a generator seeded with ``seed``, cut into ``len(x) // batch_size`` minibatches
+    (the rest of a pass is dropped).
 
     With ``batches_per_item = k > 1`` each item stacks ``k`` consecutive minibatches,
-    ``x[k, batch_size, ...]`` and ``y[k, batch_size]`` (the last partial group of a pass
-    is dropped); ``k = 1`` yields plain ``x[batch_size, ...]``, ``y[batch_size]``.
+    ``x[k, batch_size, ...]`` and ``y[k, batch_size]`` (an item may span two passes);
+    ``k = 1`` yields plain ``x[batch_size, ...]``, ``y[batch_size]``.
+
+    ``shard = (r, W)`` splits the stream among ``W`` processes: the single-process stream of
+    items of ``k * W`` minibatches, of which process ``r`` keeps minibatches ``r, r + W, ...``
+    (its ``j``-th minibatch of an item is the item's ``j * W + r``-th). ``start`` skips that many
+    items (resuming a run).
     """
 
     def __init__(
-        self, x: Tensor, y: Tensor, batch_size: int, seed: int, batches_per_item: int = 1
+        self, x: Tensor, y: Tensor, batch_size: int, seed: int, batches_per_item: int = 1,
+        shard: tuple[int, int] = (0, 1), start: int = 0,
     ) -> None:
         super().__init__()
+        if not 0 < batch_size <= len(x):
+            raise ConfigError(
+                f"`data.batch_size` must be in 1..{len(x)} (the training split's size), got {batch_size}."
+            )
         self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
-        self.batches_per_item = batches_per_item
+        self.batches_per_item, self.shard, self.start = batches_per_item, shard, start
+
+    def _minibatch_indices(self, skip: int) -> Iterator[Tensor]:
+        """Row indices ``[batch_size]`` of every minibatch of the stream, from minibatch ``skip`` on."""
+        generator = torch.Generator().manual_seed(self.seed)
+        per_pass = len(self.x) // self.batch_size
+        while True:
+            perm = torch.randperm(len(self.x), generator=generator)
+            if skip >= per_pass:
+                skip -= per_pass
+                continue
+            yield from perm[: per_pass * self.batch_size].view(per_pass, self.batch_size)[skip:]
+            skip = 0
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed)
-        n = len(self.x)
-        item = self.batch_size * self.batches_per_item
-        shape = (self.batches_per_item, self.batch_size) if self.batches_per_item > 1 else (item,)
+        rank, shards = self.shard
+        group = self.batches_per_item * shards
+        indices = self._minibatch_indices(self.start * group)
         while True:
-            perm = torch.randperm(n, generator=generator)
-            for start in range(0, n - item + 1, item):
-                idx = perm[start : start + item].view(shape)
-                yield self.x[idx], self.y[idx]
+            idx = torch.stack(list(islice(indices, group))).view(self.batches_per_item, shards, -1)[:, rank]
+            idx = idx[0] if self.batches_per_item == 1 else idx
+            yield self.x[idx], self.y[idx]
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -89,7 +112,12 @@ class MNISTDataModule(L.LightningDataModule):
         download: try to download MNIST when the files are missing.
         batches_per_step: training minibatches per training step; above 1 each training
             batch stacks them, ``x[k, batch_size, 784]``, ``y[k, batch_size]`` (meta-training
-            consumes one truncation of ``unroll`` minibatches per step).
+            consumes ``unroll * tasks_per_step`` minibatches per step).
+
+    Under DDP every process draws the same stream and keeps its share
+    (``EndlessMinibatches.shard``). The number of training batches handed to the model is
+    counted and saved in checkpoints (with the stream's seed), so a resumed run continues the
+    stream where the checkpoint was taken.
     """
 
     def __init__(
@@ -116,6 +144,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.seed = seed
         self.download = download
         self.batches_per_step = batches_per_step
+        self.train_batches = 0  # training batches handed to the model so far (resumes the stream)
+        self.train_seed: int | None = None
 
     def prepare_data(self) -> None:
         load_mnist(self.data_dir, True, self.download)
@@ -130,11 +160,27 @@ class MNISTDataModule(L.LightningDataModule):
         return load_mnist(self.data_dir, False, self.download)
 
     def train_dataloader(self) -> DataLoader:
-        seed = torch.initial_seed() if self.seed is None else self.seed
+        if self.train_seed is None:
+            self.train_seed = torch.initial_seed() if self.seed is None else self.seed
+        trainer = self.trainer
+        shard = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         minibatches = EndlessMinibatches(
-            *self.train_tensors, self.batch_size, seed, batches_per_item=self.batches_per_step
+            *self.train_tensors, self.batch_size, self.train_seed,
+            batches_per_item=self.batches_per_step, shard=shard, start=self.train_batches,
         )
         return DataLoader(minibatches, batch_size=None)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # called for the batch a step consumes, not for the one Lightning prefetches
+        if self.trainer is not None and self.trainer.training:
+            self.train_batches += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int | None]:
+        return {"train_batches": self.train_batches, "train_seed": self.train_seed}
+
+    def load_state_dict(self, state_dict: dict[str, int | None]) -> None:
+        self.train_batches, self.train_seed = state_dict["train_batches"], state_dict["train_seed"]
 
     def _test_loader(self) -> DataLoader:
         return DataLoader(TensorDataset(*self.test_tensors), batch_size=self.eval_batch_size)
