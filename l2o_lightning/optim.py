@@ -14,11 +14,11 @@ from torch.optim import Optimizer
 
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import (
-    CHECKPOINT_FORMAT_VERSION,
-    CHECKPOINT_KEY,
     LSTMOptimizerNet,
     LSTMState,
+    l2o_entry,
     net_from_checkpoint_entry,
+    read_checkpoint,
 )
 
 
@@ -107,42 +107,12 @@ _CHECKPOINT_HINT = (
 )
 
 
-def _load_failure(err: Exception) -> str:
-    """One line on why ``torch.load(weights_only=True)`` failed, without torch's advice to
-    retry with ``weights_only=False`` (unsafe for files of unknown origin)."""
-    text = str(err)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-    detail = " ".join(text.split())
-    return f"{type(err).__name__}: {detail}" if detail else type(err).__name__
-
-
 def load_lstm_optimizer(checkpoint: str | Path) -> LSTMOptimizerNet:
     """The LSTM optimizer stored under ``"l2o"`` in a meta-training checkpoint, loaded with
-    ``torch.load(weights_only=True)``; a missing, corrupt or foreign file raises
-    :class:`ConfigError` naming the setting ``optimizer.checkpoint``."""
-    path = Path(checkpoint).expanduser()
-    where = f"L2O checkpoint '{path}' (setting `optimizer.checkpoint`)"
-    if not path.is_file():
-        raise ConfigError(f"{where} does not exist; {_CHECKPOINT_HINT}.")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling arbitrary bytes can raise almost any error
-        raise ConfigError(
-            f"{where} cannot be read as a checkpoint of tensors and primitives "
-            f"({_load_failure(err)}); {_CHECKPOINT_HINT}."
-        ) from None
-    entry = content.get(CHECKPOINT_KEY) if isinstance(content, dict) else None
-    if not isinstance(entry, dict):
-        raise ConfigError(
-            f"{where} has no '{CHECKPOINT_KEY}' entry, so it is not a MetaTrainModule checkpoint; "
-            f"{_CHECKPOINT_HINT}."
-        )
-    if entry.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise ConfigError(
-            f"{where} has format version {entry.get('format_version')!r}, this version of "
-            f"l2o_lightning reads {CHECKPOINT_FORMAT_VERSION}; meta-train again or use a matching release."
-        )
+    ``torch.load(weights_only=True)``; a missing, truncated, corrupt, foreign or
+    version-mismatched file raises :class:`ConfigError` naming the setting ``optimizer.checkpoint``."""
+    where = f"L2O checkpoint '{Path(checkpoint).expanduser()}' (setting `optimizer.checkpoint`)"
+    entry = l2o_entry(read_checkpoint(checkpoint, where, _CHECKPOINT_HINT), where, _CHECKPOINT_HINT)
     try:
         return net_from_checkpoint_entry(entry)
     except (KeyError, TypeError, RuntimeError) as err:

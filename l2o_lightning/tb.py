@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -15,3 +16,17 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
         tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
         for tag in accumulator.Tags()["scalars"]
     }
+
+
+def raw_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar event of a run directory's event files as written, file by file (in name,
+    i.e. creation, order): ``tag -> [(step, value), ...]``. Unlike :func:`read_scalars`, which
+    follows TensorBoard in dropping points a restarted run wrote again, duplicates stay visible;
+    a record cut off by a crash ends its file."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        for event in LegacyEventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
