@@ -8,23 +8,41 @@ the autograd graph through the LSTM updates; the optimizee gradients are inputs
 meta-optimizer steps and parameters and LSTM states are detached (:meth:`Trajectory.detach`,
 the one place the graph is cut).
 
-Data: a training step receives one truncation of minibatches from the datamodule
-(``data.batches_per_step = model.unroll``). Validation and test run whole trajectories of
-fresh optimizees on the MNIST *training* split (the optimizee's training loss is what an
-optimizer is judged by), drawn from a fixed seed so every evaluation sees the same
-initialisations and minibatches; the val/test loaders (the MNIST test split) then measure
-the final optimizees' test loss and accuracy.
+Tasks: every meta-step advances ``tasks_per_step`` independent trajectories in one batched
+LSTM call and averages their meta-losses. Under DDP with ``W`` processes, process ``r`` owns
+global tasks ``k * W + r`` (``k < tasks_per_step``) and DDP averages the meta-gradients, so
+``W`` processes with ``K`` tasks each compute what one process with ``W * K`` tasks does:
+a trajectory's initialisation depends only on ``(seed, task, round)`` (:func:`task_generator`)
+and its minibatches are the same ones of the shared stream (``EndlessMinibatches.shard``).
+
+Data: a training step receives ``unroll * tasks_per_step`` minibatches from the datamodule
+(``data.batches_per_step``); the ``t * tasks_per_step + k``-th is task ``k``'s at step ``t``.
+Validation and test run whole trajectories of fresh optimizees on the MNIST *training*
+split (the optimizee's training loss is what an optimizer is judged by), drawn from a fixed
+seed so every evaluation sees the same initialisations and minibatches; the val/test
+loaders (the MNIST test split) then measure the final optimizees' test loss and accuracy.
+
+Resuming (``l2o fit ... --ckpt_path last``): checkpoints carry, besides Lightning's state
+(meta-optimizer, global step) and the datamodule's stream position, the trajectories
+(parameters, LSTM states, step) and the counters of :class:`MetaProgress`, so a resumed run
+continues exactly where the checkpoint was taken. A truncation's metrics are written and
+flushed before its checkpoint; the truncations the interrupted run wrote after its last
+checkpoint are recomputed but not written again: the curves continue without gap or duplicate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from itertools import islice
 from typing import Literal, TypedDict
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 from torchmetrics import MeanMetric
@@ -32,12 +50,18 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from l2o_lightning.data import EndlessMinibatches
 from l2o_lightning.dynamics.symmetry import symmetry_deviations
-from l2o_lightning.errors import ConfigError
-from l2o_lightning.learned import LSTMOptimizerNet, LSTMState, checkpoint_entry
+from l2o_lightning.errors import ConfigError, DivergenceError
+from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, LSTMState, checkpoint_entry, l2o_entry
 from l2o_lightning.optimizees import MLP
+from l2o_lightning.tb import raw_scalars
 
 MetaLossKind = Literal["sum", "log_sum"]
 UpdatePenalty = Callable[[Tensor, Tensor], Tensor]
+
+TRAINING_STATE_KEY = "meta_training"  # checkpoint entry of what resuming needs beyond Lightning's state
+TRAINING_STATE_VERSION = 1
+STEP_TAG = "meta/trajectory"  # logged at every truncation: the resume bookkeeping reads it back
+_CKPT_HINT = "pass a checkpoint written by `l2o fit -c configs/meta_train/<optimizee>.yaml`"
 
 
 class SymmetryReg(TypedDict, total=False):
@@ -71,6 +95,26 @@ class Trajectory:
         return Trajectory(self.params.detach(), self.state.detach(), self.step)
 
 
+@dataclass
+class MetaProgress:
+    """The counters of a meta-training run (saved in its checkpoints).
+
+    Attributes:
+        seed: seed of the trajectories' initialisations (:func:`task_generator`).
+        rounds: trajectory rounds started; in each round every task starts a trajectory.
+        batches: training batches (truncations) processed, diverged ones included; the
+            logging step of a truncation is ``batches - 1`` while it runs.
+        diverged: truncations skipped because they diverged; ``diverged_in_a_row`` counts
+            the current streak.
+    """
+
+    seed: int
+    rounds: int = 0
+    batches: int = 0
+    diverged: int = 0
+    diverged_in_a_row: int = 0
+
+
 def optimizee_loss_and_grad(
     optimizee: MLP, params: Tensor, x: Tensor, y: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -98,6 +142,24 @@ def meta_objective(step_losses: Tensor, kind: MetaLossKind) -> Tensor:
     ``sum``: ``sum_t L_t``; ``log_sum``: ``log(sum_t L_t)``."""
     total = step_losses.sum(0)
     return (total.log() if kind == "log_sum" else total).mean()
+
+
+def all_finite(*tensors: Tensor) -> bool:
+    """Whether every entry of every tensor is finite (no NaN, no +-inf)."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def task_generator(seed: int, task: int, round_: int) -> torch.Generator:
+    """The generator of trajectory ``(task, round_)``'s initialisation, seeded by hashing
+    ``(seed, round_, task)`` with numpy's ``SeedSequence``: the same trajectory starts from the
+    same parameters whichever process runs it and however many tasks run beside it.
+
+    >>> a, b = task_generator(0, 1, 2), task_generator(0, 1, 2)
+    >>> torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
+    True
+    """
+    high, low = np.random.SeedSequence([seed, round_, task]).generate_state(2)
+    return torch.Generator().manual_seed(int(high) << 32 | int(low))
 
 
 def learned_step(
@@ -173,26 +235,37 @@ def run_trajectories(
 class MetaTrainModule(L.LightningModule):
     """Meta-train :class:`~l2o_lightning.learned.LSTMOptimizerNet` on an MLP optimizee.
 
-    One training step is one truncation (manual optimization). Logs per truncation
-    ``meta/loss`` (the meta-objective), ``meta/optimizee_loss`` (mean step loss),
-    ``meta/trajectory_step`` (optimizee step at its end) and ``meta/trajectory``. Each
-    validation (test) trains ``eval_tasks`` fresh optimizees for ``val_n_iters``
-    (``test_n_iters``) steps and logs ``val/final_loss``, ``val/mean_loss`` (the optimizee
-    training loss at the last step and averaged over the trajectory, mean over tasks),
-    ``val/final_test_loss``, ``val/final_test_acc`` (final optimizees on the MNIST test
-    split), and the loss curve ``val/loss_curve/meta_step_<N>`` (``test/loss_curve``) with
-    the optimizee step as x-axis; ``test/...`` likewise. Checkpoints carry an ``"l2o"``
-    entry that :class:`~l2o_lightning.optim.L2O` loads.
+    One training step is one truncation of ``tasks_per_step`` trajectories (manual
+    optimization). Logs per truncation, averaged over processes: ``meta/loss`` (the
+    meta-objective), ``meta/optimizee_loss`` (mean step loss), ``meta/trajectory_step``
+    (optimizee step at its end), ``meta/trajectory`` (trajectories started, over all tasks and
+    processes) and ``meta/diverged`` (truncations skipped so far). Each validation (test)
+    trains ``eval_tasks`` fresh optimizees for ``val_n_iters`` (``test_n_iters``) steps and logs
+    ``val/final_loss``, ``val/mean_loss`` (the optimizee training loss at the last step and
+    averaged over the trajectory, mean over tasks), ``val/final_test_loss``,
+    ``val/final_test_acc`` (final optimizees on the MNIST test split), and the loss curve
+    ``val/loss_curve/meta_step_<N>`` (``test/loss_curve``) with the optimizee step as x-axis;
+    ``test/...`` likewise. Checkpoints carry an ``"l2o"`` entry that
+    :class:`~l2o_lightning.optim.L2O` loads, and the state resuming needs (module docstring).
+
+    A truncation whose optimizee loss or update (or meta-gradient) is not finite on any
+    process takes no meta-step: its trajectories are dropped (the next truncation starts a
+    new round), it is counted in ``meta/diverged``, and ``max_diverged_in_a_row`` such
+    truncations in a row stop the run with :class:`DivergenceError`.
 
     Args:
         hidden, activation, batchnorm: the optimizee MLP (see :class:`OptimizeeModule`).
         hidden_size, num_layers, preproc_p, out_mult: the LSTM optimizer (paper: 20, 2, 10, 0.1).
         unroll: optimizee steps per truncation (paper: 20).
         n_iters: optimizee steps per trajectory (paper: 200); a multiple of ``unroll``.
+        tasks_per_step: trajectories per process advanced together in every meta-step; the
+            training batch must hold ``unroll * tasks_per_step`` minibatches.
         meta_loss: ``sum`` (paper) or ``log_sum`` of the truncation's step losses.
         grad_clip: clip the meta-gradient to this global norm; ``None`` does not clip.
-        trajectories: meta-training budget in trajectories (stops the run); ``None`` leaves
-            the length to ``trainer.max_steps`` (in truncations).
+        trajectories: meta-training budget in trajectories over all tasks and processes: the
+            run stops after ``ceil(trajectories / (tasks_per_step * processes))`` rounds of
+            ``n_iters / unroll`` meta-steps; ``None`` leaves the length to ``trainer.max_steps``.
+        max_diverged_in_a_row: diverged truncations in a row that stop the run.
         eval_tasks: optimizees per validation / test.
         val_n_iters, test_n_iters: their trajectory lengths.
         eval_seed: seed of their initialisations and minibatches; keep it apart from
@@ -215,9 +288,11 @@ class MetaTrainModule(L.LightningModule):
         out_mult: float = 0.1,
         unroll: int = 20,
         n_iters: int = 200,
+        tasks_per_step: int = 1,
         meta_loss: MetaLossKind = "sum",
         grad_clip: float | None = None,
         trajectories: int | None = None,
+        max_diverged_in_a_row: int = 5,
         eval_tasks: int = 5,
         val_n_iters: int = 200,
         test_n_iters: int = 1000,
@@ -226,7 +301,11 @@ class MetaTrainModule(L.LightningModule):
         symmetry_reg: SymmetryReg | None = None,
     ) -> None:
         super().__init__()
-        validate_meta_args(unroll, n_iters, meta_loss, trajectories, eval_tasks)
+        validate_meta_args(
+            unroll=unroll, n_iters=n_iters, tasks_per_step=tasks_per_step, meta_loss=meta_loss,
+            trajectories=trajectories, max_diverged_in_a_row=max_diverged_in_a_row, eval_tasks=eval_tasks,
+            val_n_iters=val_n_iters, test_n_iters=test_n_iters,
+        )
         # evaluation settings stay out of the checkpoint's hyperparameters: `l2o test --ckpt_path`
         # restores those over the command line, and these should stay choosable at test time
         self.save_hyperparameters(
@@ -241,21 +320,33 @@ class MetaTrainModule(L.LightningModule):
         self.net = LSTMOptimizerNet(hidden_size, num_layers, preproc_p, out_mult)
         if compile:
             self.net.compile_kernels()
+        # meta-training state, set up in on_fit_start (from the checkpoint when resuming)
+        self.progress: MetaProgress | None = None
         self.trajectory: Trajectory | None = None
-        self.trajectories_started = 0
-        self.init_generator: torch.Generator | None = None
+        self.task_ids: list[int] = []
+        self.log_through: int | None = None  # steps up to this one are already in the event files
+        self.resume_state: dict | None = None
         self.eval_final_params: Tensor | None = None
         self.final_test_loss = MeanMetric()
         self.final_test_acc = MulticlassAccuracy(num_classes=10, average="micro")
 
     # ------------------------------------------------------------------ meta-training
     def on_fit_start(self) -> None:
-        # seeded like the datamodule: seed_everything fixes the whole meta-training run
-        self.init_generator = torch.Generator().manual_seed(torch.initial_seed())
+        world, rank = self.trainer.world_size, self.global_rank
+        self.task_ids = [k * world + rank for k in range(self.hparams.tasks_per_step)]
+        state, self.resume_state = self.resume_state, None
+        if state is None:
+            # seeded like the datamodule: seed_everything fixes the whole meta-training run
+            self.progress, self.trajectory = MetaProgress(seed=torch.initial_seed()), None
+            return
+        self.progress = MetaProgress(**state["progress"])
+        self.trajectory = self.restored_trajectory(state["trajectory"])
+        self.log_through = self.logged_through()
 
-    def fresh_trajectory(self, tasks: int, generator: torch.Generator) -> Trajectory:
-        """``tasks`` new optimizee initialisations (``MLP.sample_flat``) and zero LSTM states."""
-        params = torch.stack([self.optimizee.sample_flat(generator) for _ in range(tasks)])
+    def fresh_trajectory(self, tasks: Iterable[int], seed: int, round_: int) -> Trajectory:
+        """New optimizee initialisations of ``tasks`` (``MLP.sample_flat`` from
+        :func:`task_generator`) and zero LSTM states."""
+        params = torch.stack([self.optimizee.sample_flat(task_generator(seed, t, round_)) for t in tasks])
         params = params.to(self.device)
         return Trajectory(params, self.net.initial_state(params.shape, device=self.device))
 
@@ -265,55 +356,175 @@ class MetaTrainModule(L.LightningModule):
             return update.new_zeros(())
         return symmetry_penalty(update, params, self.optimizee, **self.symmetry_reg)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         xs, ys = self.truncation_minibatches(batch)
+        self.progress.batches += 1
         if self.trajectory is None or self.trajectory.step >= self.hparams.n_iters:
-            self.trajectory = self.fresh_trajectory(tasks=1, generator=self.init_generator)
-            self.trajectories_started += 1
+            self.trajectory = self.fresh_trajectory(self.task_ids, self.progress.seed, self.progress.rounds)
+            self.progress.rounds += 1
         trajectory, step_losses, penalty = unroll_truncation(
             self.net, self.optimizee, self.trajectory, xs, ys, self.update_penalty
         )
         loss = meta_objective(step_losses, self.hparams.meta_loss) + penalty
-
+        metrics = {"meta/loss": loss.detach(), "meta/optimizee_loss": step_losses.detach().mean()}
+        if self.symmetry_reg is not None:
+            metrics["meta/symmetry_penalty"] = penalty.detach()
+        # decided alike on every process: DDP needs all of them to skip or all to step
+        if self.trainer.strategy.reduce_boolean_decision(not all_finite(loss, trajectory.params), all=False):
+            return self.skip_diverged(metrics, trajectory.step)
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        self.manual_backward(loss)  # under DDP this averages the meta-gradients over processes
+        if not all_finite(*(p.grad for p in self.net.parameters() if p.grad is not None)):
+            return self.skip_diverged(metrics, trajectory.step)
         if self.hparams.grad_clip is not None:
             self.clip_gradients(optimizer, self.hparams.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
         self.trajectory = trajectory.detach()
-
-        self.log("meta/loss", loss.detach(), prog_bar=True)
-        if self.symmetry_reg is not None:
-            self.log("meta/symmetry_penalty", penalty.detach())
-        self.log("meta/optimizee_loss", step_losses.detach().mean(), prog_bar=True)
-        self.log("meta/trajectory_step", float(trajectory.step))
-        self.log("meta/trajectory", float(self.trajectories_started))
+        self.progress.diverged_in_a_row = 0
+        self.log_truncation(metrics, trajectory.step)
         return loss.detach()
 
-    def truncation_minibatches(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """The training batch as ``[unroll, tasks, B, ...]`` minibatches (tasks = 1)."""
-        x, y = batch
-        unroll = self.hparams.unroll
-        if x.dim() != 3 or x.shape[0] != unroll:
-            got = x.shape[0] if x.dim() == 3 else 1
-            raise ConfigError(
-                f"a meta-training step needs `model.unroll` = {unroll} minibatches, the training "
-                f"batch holds {got}: set `data.batches_per_step` to {unroll}."
+    def skip_diverged(self, metrics: dict[str, Tensor], trajectory_step: int) -> None:
+        """Count a diverged truncation (logging its non-finite metrics as they are) and drop its
+        trajectories (no meta-step was taken); raise :class:`DivergenceError` after
+        ``max_diverged_in_a_row`` in a row."""
+        progress, limit = self.progress, self.hparams.max_diverged_in_a_row
+        progress.diverged += 1
+        progress.diverged_in_a_row += 1
+        self.trajectory = None
+        self.log_truncation(metrics, trajectory_step)
+        if progress.diverged_in_a_row >= limit:
+            meta_optimizer = type(self.optimizers().optimizer).__name__
+            raise DivergenceError(
+                f"meta-training diverged: the optimizee loss or the learned optimizer's (L2O) update was "
+                f"non-finite in {limit} truncations in a row (`model.max_diverged_in_a_row`), the last at "
+                f"meta-step {self.global_step} (optimizee step {trajectory_step}, meta-optimizer "
+                f"{meta_optimizer}); they took no meta-step, so the L2O weights stay finite. Lower "
+                "`model.out_mult` or the meta-optimizer's `optimizer.lr`, clip with `model.grad_clip`, or "
+                "allow longer streaks; logs and checkpoints written so far are kept."
             )
-        return x.unsqueeze(1), y.unsqueeze(1)
+
+    def log_truncation(self, metrics: dict[str, Tensor], trajectory_step: int) -> None:
+        """Log a truncation's metrics and the run's counters, averaged over processes.
+
+        They go to the loggers directly (and are flushed), not through ``self.log``: so they are
+        on disk before any checkpoint of this truncation, and a resumed run can leave out the
+        truncations its interrupted run already wrote (``self.log`` feeds the progress bar and
+        callbacks)."""
+        tasks_total = self.hparams.tasks_per_step * self.trainer.world_size
+        metrics = {
+            **metrics,
+            "meta/trajectory_step": float(trajectory_step),
+            STEP_TAG: float(self.progress.rounds * tasks_total),
+            "meta/diverged": float(self.progress.diverged),
+        }
+        values = torch.tensor([float(v) for v in metrics.values()], device=self.device)
+        values = self.trainer.strategy.reduce(values, reduce_op="mean").tolist()
+        averaged = dict(zip(metrics, values, strict=True))
+        for name, value in averaged.items():
+            self.log(name, value, prog_bar=name in ("meta/loss", "meta/optimizee_loss"), logger=False)
+        if self.logs_to_loggers():
+            for logger in self.loggers:
+                logger.log_metrics(averaged, step=self.progress.batches - 1)
+                logger.save()
+
+    def logs_to_loggers(self) -> bool:
+        """False while a resumed run recomputes steps the interrupted run had already logged."""
+        return self.log_through is None or self.progress.batches - 1 > self.log_through
+
+    def truncation_minibatches(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """The training batch as ``[unroll, tasks, B, ...]`` minibatches: task ``k``'s at step
+        ``t`` is the batch's ``t * tasks + k``-th."""
+        x, y = batch
+        if x.dim() == 2:  # batches_per_step = 1 delivers a plain minibatch
+            x, y = x[None], y[None]
+        unroll, tasks = self.hparams.unroll, self.hparams.tasks_per_step
+        if x.dim() != 3 or x.shape[0] != unroll * tasks:
+            raise ConfigError(
+                f"a meta-training step takes `model.unroll` x `model.tasks_per_step` = {unroll} x {tasks} = "
+                f"{unroll * tasks} minibatches, the training batch holds {x.shape[0]} "
+                f"(`data.batches_per_step`): set `data.batches_per_step` to {unroll * tasks}."
+            )
+        return x.view(unroll, tasks, *x.shape[1:]), y.view(unroll, tasks, *y.shape[1:])
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         budget = self.hparams.trajectories
-        truncations_per_trajectory = self.hparams.n_iters // self.hparams.unroll
-        if budget is not None and self.global_step >= budget * truncations_per_trajectory:
+        if budget is None:
+            return
+        rounds = math.ceil(budget / (self.hparams.tasks_per_step * self.trainer.world_size))
+        if self.global_step >= rounds * (self.hparams.n_iters // self.hparams.unroll):
             self.trainer.should_stop = True
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.net.parameters(), lr=0.01)
 
+    # ------------------------------------------------------------------ checkpoints and resuming
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["l2o"] = checkpoint_entry(self.net)
+        checkpoint[CHECKPOINT_KEY] = checkpoint_entry(self.net)
+        if self.progress is not None:
+            checkpoint[TRAINING_STATE_KEY] = {
+                "format_version": TRAINING_STATE_VERSION,
+                "progress": asdict(self.progress),
+                "trajectory": self.gathered_trajectory(),
+            }
+
+    def gathered_trajectory(self) -> dict | None:
+        """The trajectories of all processes, stacked along a leading process dim (every
+        process calls this: under DDP it is a collective)."""
+        if self.trajectory is None:
+            return None
+        world = self.trainer.world_size
+
+        def gather(tensor: Tensor) -> Tensor:
+            return (tensor[None] if world == 1 else self.all_gather(tensor)).cpu()
+
+        params, state = self.trajectory.params, self.trajectory.state
+        return {
+            "processes": world, "tasks_per_step": self.hparams.tasks_per_step, "step": self.trajectory.step,
+            "params": gather(params), "h": gather(state.h), "c": gather(state.c),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        where = "the checkpoint given as `ckpt_path`"
+        l2o_entry(checkpoint, where, _CKPT_HINT)
+        state = checkpoint.get(TRAINING_STATE_KEY)
+        if state is not None and state.get("format_version") != TRAINING_STATE_VERSION:
+            raise ConfigError(
+                f"{where} holds meta-training state of format version {state.get('format_version')!r}, this "
+                f"version of l2o_lightning resumes {TRAINING_STATE_VERSION}; resume with a matching release, "
+                "or start afresh (without `--ckpt_path`)."
+            )
+        self.resume_state = state
+
+    def restored_trajectory(self, saved: dict | None) -> Trajectory | None:
+        """This process's trajectories from a checkpoint; ``None`` (a new round starts) when the
+        checkpoint has none or was written with other ``tasks_per_step`` or process counts."""
+        if saved is None:
+            return None
+        layout = (self.trainer.world_size, self.hparams.tasks_per_step)
+        if (saved["processes"], saved["tasks_per_step"]) != layout:
+            rank_zero_warn(
+                f"the checkpoint's trajectories ran on {saved['processes']} process(es) x "
+                f"{saved['tasks_per_step']} task(s), this run has {layout[0]} x {layout[1]}: "
+                "they restart with fresh optimizees."
+            )
+            return None
+        rank = self.global_rank
+        state = LSTMState(saved["h"][rank].to(self.device), saved["c"][rank].to(self.device))
+        return Trajectory(saved["params"][rank].to(self.device), state, saved["step"])
+
+    def logged_through(self) -> int:
+        """The last step of this run's TensorBoard event files (-1 when there is none): a
+        resumed run recomputes the truncations its interrupted run logged after the checkpoint
+        without logging them again."""
+        through = -1
+        if self.global_rank == 0:  # loggers write from process 0
+            for logger in self.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    steps = [step for step, _ in raw_scalars(logger.log_dir).get(STEP_TAG, [])]
+                    through = max([through, *steps])
+        return self.trainer.strategy.broadcast(through, src=0)
 
     # ------------------------------------------------------------------ evaluation
     def on_validation_epoch_start(self) -> None:
@@ -327,7 +538,7 @@ class MetaTrainModule(L.LightningModule):
         log their loss curve and summary, keep the final parameters for the test split."""
         x, y, batch_size = self.training_split()
         tasks, seed = self.eval_tasks, self.eval_seed
-        start = self.fresh_trajectory(tasks, torch.Generator().manual_seed(seed))
+        start = self.fresh_trajectory(range(tasks), seed, round_=0)
         minibatches = (  # [tasks, B, ...]: one minibatch per optimizee and step
             (xb.view(tasks, batch_size, -1).to(self.device), yb.view(tasks, batch_size).to(self.device))
             for xb, yb in EndlessMinibatches(x, y, batch_size, seed, batches_per_item=tasks)
@@ -337,11 +548,11 @@ class MetaTrainModule(L.LightningModule):
         )
         curve = losses.mean(1).tolist()
         tag = f"val/loss_curve/meta_step_{self.global_step}" if stage == "val" else "test/loss_curve"
-        for logger in self.loggers:
+        for logger in self.loggers if self.trainer.testing or self.logs_to_loggers() else []:
             for step, value in enumerate(curve):
                 logger.log_metrics({tag: value}, step=step)
-        self.log(f"{stage}/final_loss", curve[-1])
-        self.log(f"{stage}/mean_loss", sum(curve) / len(curve), prog_bar=True)
+        self.log(f"{stage}/final_loss", curve[-1], sync_dist=True)
+        self.log(f"{stage}/mean_loss", sum(curve) / len(curve), prog_bar=True, sync_dist=True)
 
     def training_split(self) -> tuple[Tensor, Tensor, int]:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -367,21 +578,22 @@ class MetaTrainModule(L.LightningModule):
     test_step = validation_step
 
 
-def validate_meta_args(
-    unroll: int, n_iters: int, meta_loss: str, trajectories: int | None, eval_tasks: int
-) -> None:
-    """Raise :class:`ConfigError` naming the setting when a meta-training setting is invalid."""
+def validate_meta_args(**settings: int | str | None) -> None:
+    """Raise :class:`ConfigError` naming the setting when a meta-training setting is invalid
+    (keyword arguments: the ``MetaTrainModule`` settings of the same names)."""
+    unroll, n_iters = settings["unroll"], settings["n_iters"]
     if unroll <= 0 or n_iters <= 0 or n_iters % unroll:
         raise ConfigError(
             f"`model.n_iters` ({n_iters}) must be a positive multiple of `model.unroll` ({unroll}), "
             "e.g. n_iters 200 with unroll 20 (the paper)."
         )
-    if meta_loss not in ("sum", "log_sum"):
-        raise ConfigError(f"unknown `model.meta_loss` {meta_loss!r}; allowed: sum, log_sum.")
-    if trajectories is not None and trajectories <= 0:
-        raise ConfigError(f"`model.trajectories` must be positive or null, got {trajectories}.")
-    if eval_tasks <= 0:
-        raise ConfigError(f"`model.eval_tasks` must be positive, got {eval_tasks}.")
+    if settings["meta_loss"] not in ("sum", "log_sum"):
+        raise ConfigError(f"unknown `model.meta_loss` {settings['meta_loss']!r}; allowed: sum, log_sum.")
+    if settings["trajectories"] is not None and settings["trajectories"] <= 0:
+        raise ConfigError(f"`model.trajectories` must be positive or null, got {settings['trajectories']}.")
+    for name in ("tasks_per_step", "max_diverged_in_a_row", "eval_tasks", "val_n_iters", "test_n_iters"):
+        if settings[name] <= 0:
+            raise ConfigError(f"`model.{name}` must be positive, got {settings[name]}.")
 
 
 def validate_symmetry_reg(symmetry_reg: SymmetryReg | None, optimizee: MLP) -> dict | None:

@@ -215,7 +215,11 @@ def test_same_seed_same_meta_loss_sequence(run_cli, tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (("--data.batches_per_step", "5"), r"holds 5: set `data.batches_per_step` to 20"),
+        (("--data.batches_per_step", "5"),
+         r"`model.unroll` x `model.tasks_per_step` = 20 x 1 = 20 .* holds 5 .*`data.batches_per_step` to 20"),
+        (("--model.init_args.tasks_per_step", "2"),
+         r"= 20 x 2 = 40 minibatches, the training batch holds 20 .*`data.batches_per_step` to 40"),
+        (("--model.init_args.tasks_per_step", "0"), r"`model.tasks_per_step` must be positive, got 0"),
         (("--model.init_args.n_iters", "50"), r"`model.n_iters` \(50\) must be a positive multiple"),
     ],
 )
