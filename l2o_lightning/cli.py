@@ -2,27 +2,84 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from l2o_lightning.data import MNISTDataModule
 from l2o_lightning.errors import ConfigError, DivergenceError
+from l2o_lightning.learned import read_checkpoint
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+CKPT_KEYWORDS = ("last", "best", "hpc")  # resolved by Lightning itself
 
 
 class L2OCLI(LightningCLI):
-    """``l2o fit|validate|test`` over any LightningModule and the MNIST data module."""
+    """``l2o fit|validate|test`` over any LightningModule and the MNIST data module.
+
+    Checkpoints are read with ``weights_only=True`` unless ``--weights_only false`` is given;
+    a ``--ckpt_path`` file is checked before anything runs (missing, unreadable, or written by
+    another model: one-paragraph error). ``--ckpt_path last`` resumes the newest run of the
+    configured TensorBoard logger that has a ``checkpoints/last.ckpt`` and logs into that
+    run's directory (unless ``trainer.logger.init_args.version`` is set).
+    """
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        if config is None:
+            return
+        if config.get("weights_only") is None:
+            config["weights_only"] = True
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            _resume_logger_version(config)
+        elif ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in ckpt_path:
+            _check_checkpoint(ckpt_path, config)
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except ValueError as err:  # a constructor rejected a configured value
             raise ConfigError(_innermost_reason(str(err))) from None
+
+
+def _check_checkpoint(ckpt_path: str, config) -> None:
+    """A :class:`ConfigError` unless ``ckpt_path`` reads with ``weights_only=True`` and was
+    written by the configured model class."""
+    where = f"checkpoint '{ckpt_path}' (setting `ckpt_path`)"
+    hint = "pass a checkpoint written by an `l2o fit` run with this config, or `--ckpt_path last`"
+    content = read_checkpoint(ckpt_path, where, hint)
+    hparams = content.get("hyper_parameters")
+    written_by = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    model = config.get("model")
+    configured = model.get("class_path") if hasattr(model, "get") else None
+    if written_by and configured and written_by != configured:
+        raise ConfigError(f"{where} was written by {written_by}, but the model is {configured}; {hint}.")
+
+
+def _resume_logger_version(config) -> None:
+    """Point an unversioned TensorBoard logger at the newest ``version_<n>`` run that holds a
+    ``checkpoints/last.ckpt``, so ``--ckpt_path last`` finds it and the curves continue there."""
+    logger = config.get("trainer", {}).get("logger")
+    if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+        return
+    init_args = logger.get("init_args")
+    if init_args is None or init_args.get("version") is not None:
+        return
+    runs = Path(init_args.get("save_dir") or ".") / (init_args.get("name") or "lightning_logs")
+    versions = [
+        int(match.group(1)) for path in runs.glob("version_*/checkpoints/last.ckpt")
+        if (match := re.fullmatch(r"version_(\d+)", path.parent.parent.name))
+    ]
+    if versions:
+        init_args["version"] = max(versions)
 
 
 def _innermost_reason(message: str) -> str:
@@ -51,8 +108,8 @@ def main(args: list[str] | None = None) -> None:
         prog = "l2o " + (sys.argv[1] if args is None and len(sys.argv) > 1 else "<subcommand>")
         print(f"l2o: error: {err}\n(run `{prog} --help` for the accepted settings)", file=sys.stderr)
         sys.exit(2)
-    except ConfigError as err:
-        print(f"l2o: error: {err}", file=sys.stderr)
+    except (ConfigError, MisconfigurationException) as err:  # Lightning's own bad-setting error
+        print(f"l2o: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)
     except DivergenceError as err:
         print(f"l2o: error: {err}", file=sys.stderr)
