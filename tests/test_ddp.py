@@ -1,0 +1,57 @@
+"""Meta-training under DDP (2 CPU processes, gloo): the processes own different trajectories,
+end with identical L2O weights, and compute what one process with both tasks computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from subprocess_helpers import callbacks_config, run_l2o
+
+from l2o_lightning.tb import raw_scalars
+
+# 4 meta-steps (2 rounds of trajectories of 2 truncations of 2 steps), 2 tasks in all, no validation
+TINY = [
+    "fit", "-c", "configs/meta_train/leaky_relu.yaml",
+    "--model.init_args.n_iters", "4", "--model.init_args.unroll", "2", "--model.init_args.trajectories", "4",
+    "--trainer.limit_val_batches", "0",
+]
+
+
+@pytest.mark.mnist
+def test_two_ddp_processes_equal_one_process_with_both_tasks(mnist_dir, tmp_path):
+    def run(name: str, *args: str) -> Path:
+        saver = {"class_path": "subprocess_helpers.SaveRankWeights",
+                 "init_args": {"folder": str(tmp_path / name)}}
+        config = callbacks_config(tmp_path / f"{name}.yaml", [saver], append=True)
+        result = run_l2o([*TINY, "-c", str(config), *args, "--trainer.logger.init_args.save_dir",
+                          str(tmp_path / "logs"), "--trainer.logger.init_args.version", name], cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return tmp_path / "logs" / "meta_train" / "leaky_relu" / name
+
+    # task k of the single process is process k's only task: same initialisation, same minibatches
+    single = run("single", "--model.init_args.tasks_per_step", "2", "--data.batches_per_step", "4")
+    ddp = run("ddp", "--model.init_args.tasks_per_step", "1", "--data.batches_per_step", "2",
+              "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    alone = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
+    for name, weight in ranks[0].items():
+        assert torch.equal(weight, ranks[1][name]), f"processes disagree on {name}"
+        torch.testing.assert_close(weight, alone[name], rtol=1e-4, atol=1e-5)
+
+    # the processes ran different trajectories, which equal the single process's tasks
+    checkpoints = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (single, ddp)]
+    assert checkpoints[0]["global_step"] == checkpoints[1]["global_step"] == 4
+    trajectories = [checkpoint["meta_training"]["trajectory"] for checkpoint in checkpoints]
+    alone_params, ddp_params = (trajectory["params"] for trajectory in trajectories)  # [processes, tasks, D]
+    assert alone_params.shape[:2] == (1, 2) and ddp_params.shape[:2] == (2, 1)
+    assert not torch.allclose(ddp_params[0], ddp_params[1])
+    torch.testing.assert_close(ddp_params[:, 0], alone_params[0], rtol=1e-4, atol=1e-6)
+
+    # logged meta-losses are averaged over processes: the same curve
+    curves = [[value for _, value in raw_scalars(d)["meta/loss"]] for d in (single, ddp)]
+    assert len(curves[0]) == 4
+    torch.testing.assert_close(torch.tensor(curves[1]), torch.tensor(curves[0]), rtol=1e-5, atol=1e-6)

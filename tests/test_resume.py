@@ -1,0 +1,64 @@
+"""Resuming meta-training after a real SIGKILL: the run continues exactly where its last
+checkpoint left off, and its TensorBoard curves have every step once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import REPO
+from subprocess_helpers import callbacks_config, run_l2o
+
+from l2o_lightning.tb import raw_scalars
+
+# 8 meta-steps: trajectories of 2 truncations of 2 steps, validation after batches 2 and 5
+TINY = [
+    "fit", "-c", "configs/meta_train/leaky_relu.yaml",
+    "--model.init_args.n_iters", "4", "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
+    "--model.init_args.trajectories", "4", "--model.init_args.val_n_iters", "2",
+    "--model.init_args.eval_tasks", "1", "--trainer.val_check_interval", "3",
+    "--trainer.limit_val_batches", "1",
+]
+BEST = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"monitor": "val/mean_loss", "save_last": True, "enable_version_counter": False,
+                      "filename": "best-step{step}", "auto_insert_metric_name": False}}
+EVERY_2 = {"every_n_train_steps": 2, "save_top_k": 0, "save_last": True, "enable_version_counter": False}
+PERIODIC = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": EVERY_2}
+# killed right after the checkpoint of step 4 is written, before that truncation is logged
+KILL_AFTER_CHECKPOINT = {"class_path": "subprocess_helpers.CheckpointThenKill",
+                         "init_args": {**EVERY_2, "kill_at_step": 4}}
+# killed as batch 7 starts: batches 6 and 7 were logged after the checkpoint of step 6
+KILL_LATER = {"class_path": "subprocess_helpers.KillAtBatch", "init_args": {"batch": 7}}
+
+
+@pytest.mark.mnist
+def test_sigkilled_meta_training_resumes_exactly_without_gaps_or_duplicates(mnist_dir, tmp_path):
+    def run(name: str, callbacks: list[dict], *extra: str):
+        config = callbacks_config(tmp_path / f"{name}.yaml", callbacks)
+        return run_l2o([*TINY, "-c", str(config), *extra,
+                        "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")], cwd=REPO)
+
+    reference = run("reference", [BEST, PERIODIC], "--trainer.logger.init_args.version", "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed = run("killed", [BEST, KILL_AFTER_CHECKPOINT])
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    interrupted = run("interrupted", [BEST, PERIODIC, KILL_LATER], "--ckpt_path", "last")
+    assert interrupted.returncode == -9, interrupted.stderr[-3000:]
+    resumed = run("resumed", [BEST, PERIODIC], "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    runs = tmp_path / "logs" / "meta_train" / "leaky_relu"
+    assert sorted(p.name for p in runs.iterdir()) == ["reference", "version_0"]  # resumed in place
+    assert len(list((runs / "version_0").glob("events.out.tfevents.*"))) == 3
+    expected, got = raw_scalars(runs / "reference"), raw_scalars(runs / "version_0")
+    for tag in ("meta/loss", "meta/optimizee_loss", "meta/trajectory", "meta/diverged", "val/mean_loss"):
+        steps = [step for step, _ in got[tag]]
+        assert steps == sorted(set(steps)), f"{tag}: duplicate or unordered steps {steps}"
+        assert got[tag] == expected[tag], tag  # same values: the resumed run is the same run
+    assert [step for step, _ in got["meta/loss"]] == list(range(8))
+
+    final = [torch.load(runs / run / "checkpoints" / "last.ckpt", weights_only=True)
+             for run in ("reference", "version_0")]
+    assert final[0]["global_step"] == final[1]["global_step"] == 8
+    for name, weight in final[0]["l2o"]["state_dict"].items():
+        assert torch.equal(weight, final[1]["l2o"]["state_dict"][name]), name
