@@ -1,0 +1,92 @@
+"""Divergence guards: a non-finite truncation in meta-training takes no meta-step and restarts
+its trajectories; a streak of them, or an exploding L2O in meta-testing, stops with exit 3."""
+
+from __future__ import annotations
+
+import re
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from l2o_lightning.learned import LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.tb import raw_scalars
+
+# trajectories of 2 truncations of 2 steps, no validation
+TINY = ("fit", "-c", "configs/meta_train/leaky_relu.yaml", "--model.init_args.n_iters", "4",
+        "--model.init_args.unroll", "2", "--data.batches_per_step", "2", "--trainer.limit_val_batches", "0")
+
+
+class ExplodeAt(L.Callback):
+    """Multiply the L2O's output by ``1e30`` during training batch ``batch`` only (its optimizee
+    parameters overflow), and record the L2O weights around that batch (the last instance is
+    ``ExplodeAt.latest``)."""
+
+    latest: ExplodeAt | None = None
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.weights: list[torch.Tensor] = []
+        ExplodeAt.latest = self
+
+    def _weights(self, pl_module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in pl_module.net.parameters()])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        pl_module.net.out_mult = 1e30 if batch_idx == self.batch else 0.1
+        if batch_idx == self.batch:
+            self.weights.append(self._weights(pl_module))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx == self.batch:
+            self.weights.append(self._weights(pl_module))
+
+
+def _exit_code(run_cli, *args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(*args)
+    return exit_info.value.code
+
+
+@pytest.mark.mnist
+def test_a_diverged_truncation_is_skipped_and_its_trajectory_restarts(run_cli, tmp_path):
+    config = tmp_path / "explode.yaml"
+    config.write_text(yaml.safe_dump({"trainer": {"callbacks+": [
+        {"class_path": f"{__name__}.ExplodeAt", "init_args": {"batch": 1}}]}}))
+    run_cli(*TINY, "-c", str(config), "--model.init_args.trajectories", "2")
+
+    before, after = ExplodeAt.latest.weights
+    assert torch.isfinite(after).all() and torch.equal(before, after)  # no meta-step, no NaN
+    scalars = raw_scalars(tmp_path / "logs" / "meta_train" / "leaky_relu" / "version_0")
+    values = {tag: [value for _, value in series] for tag, series in scalars.items()}
+    # batch 1 diverged: counted, its trajectory dropped (batch 2 starts trajectory 2 at its step 2)
+    assert values["meta/diverged"] == [0, 1, 1, 1, 1]
+    assert not torch.isfinite(torch.tensor(values["meta/loss"][1]))
+    assert all(torch.isfinite(torch.tensor(v)) for i, v in enumerate(values["meta/loss"]) if i != 1)
+    assert values["meta/trajectory_step"] == [2, 4, 2, 4, 2]
+    assert values["meta/trajectory"] == [1, 1, 2, 2, 3]
+
+
+@pytest.mark.mnist
+def test_diverging_streak_stops_meta_training_with_exit_3(run_cli, capsys):
+    code = _exit_code(run_cli, *TINY, "--model.init_args.out_mult", "1e30",
+                      "--model.init_args.max_diverged_in_a_row", "3")
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"non-finite in 3 truncations in a row \(`model.max_diverged_in_a_row`\), the last at "
+                     r"meta-step 0 \(optimizee step 2, meta-optimizer Adam\)", err), err
+
+
+@pytest.mark.mnist
+def test_exploding_l2o_stops_meta_testing_naming_step_and_optimizer(run_cli, capsys, tmp_path):
+    checkpoint = tmp_path / "l2o.ckpt"
+    torch.save({"l2o": checkpoint_entry(LSTMOptimizerNet())}, checkpoint)
+    code = _exit_code(run_cli, "fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c",
+                      "configs/optimizers/l2o.yaml", "--optimizer.checkpoint", str(checkpoint),
+                      "--optimizer.out_mult", "1e30", "--trainer.max_steps", "5")
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"diverged: train loss is nan at step 1 with optimizer L2O", err), err
