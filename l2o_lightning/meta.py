@@ -582,7 +582,12 @@ def validate_meta_args(**settings: int | str | None) -> None:
     """Raise :class:`ConfigError` naming the setting when a meta-training setting is invalid
     (keyword arguments: the ``MetaTrainModule`` settings of the same names)."""
     unroll, n_iters = settings["unroll"], settings["n_iters"]
-    if unroll <= 0 or n_iters <= 0 or n_iters % unroll:
+    if unroll < 2:
+        raise ConfigError(
+            f"`model.unroll` must be at least 2, got {unroll}: a truncation's first loss is at parameters "
+            "the LSTM has not updated yet, so a single step gives no meta-gradient (paper: 20)."
+        )
+    if n_iters <= 0 or n_iters % unroll:
         raise ConfigError(
             f"`model.n_iters` ({n_iters}) must be a positive multiple of `model.unroll` ({unroll}), "
             "e.g. n_iters 200 with unroll 20 (the paper)."
