@@ -40,14 +40,17 @@ def test_sigkilled_meta_training_resumes_exactly_without_gaps_or_duplicates(mnis
     reference = run("reference", [BEST, PERIODIC], "--trainer.logger.init_args.version", "reference")
     assert reference.returncode == 0, reference.stderr[-3000:]
 
+    runs = tmp_path / "logs" / "meta_train" / "leaky_relu"
+    last = runs / "version_0" / "checkpoints" / "last.ckpt"
     killed = run("killed", [BEST, KILL_AFTER_CHECKPOINT])
     assert killed.returncode == -9, killed.stderr[-3000:]
+    assert torch.load(last, weights_only=True)["global_step"] == 4
     interrupted = run("interrupted", [BEST, PERIODIC, KILL_LATER], "--ckpt_path", "last")
     assert interrupted.returncode == -9, interrupted.stderr[-3000:]
+    assert torch.load(last, weights_only=True)["global_step"] == 6
     resumed = run("resumed", [BEST, PERIODIC], "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    runs = tmp_path / "logs" / "meta_train" / "leaky_relu"
     assert sorted(p.name for p in runs.iterdir()) == ["reference", "version_0"]  # resumed in place
     assert len(list((runs / "version_0").glob("events.out.tfevents.*"))) == 3
     expected, got = raw_scalars(runs / "reference"), raw_scalars(runs / "version_0")
