@@ -430,7 +430,8 @@ class MetaTrainModule(L.LightningModule):
                 logger.save()
 
     def logs_to_loggers(self) -> bool:
-        """False while a resumed run recomputes steps the interrupted run had already logged."""
+        """False while a resumed run recomputes steps the interrupted run had already logged
+        (always True outside meta-training)."""
         return self.log_through is None or self.progress.batches - 1 > self.log_through
 
     def truncation_minibatches(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -548,7 +549,7 @@ class MetaTrainModule(L.LightningModule):
         )
         curve = losses.mean(1).tolist()
         tag = f"val/loss_curve/meta_step_{self.global_step}" if stage == "val" else "test/loss_curve"
-        for logger in self.loggers if self.trainer.testing or self.logs_to_loggers() else []:
+        for logger in self.loggers if self.logs_to_loggers() else []:
             for step, value in enumerate(curve):
                 logger.log_metrics({tag: value}, step=step)
         self.log(f"{stage}/final_loss", curve[-1], sync_dist=True)
