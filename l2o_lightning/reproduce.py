@@ -180,8 +180,9 @@ def plan(preset: Preset, out: Path, seeds: int | None = None, only: Iterable[str
 
 
 class Study:
-    """Runs a plan under ``out``: a job is done when ``jobs/<name>.done`` holds its fingerprint;
-    an unfinished job's directory is wiped and the job rerun, so no run is logged twice."""
+    """Runs a plan under ``out``: a job is done when ``jobs/<name>.done`` holds its fingerprint.
+    An unfinished meta-training resumes from its ``last.ckpt``; any other unfinished job's
+    directory is wiped and the job rerun, so no run is logged twice."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -206,10 +207,15 @@ class Study:
             if job.checkpoint_of and not checkpoint_path(self.out, job.checkpoint_of).exists():
                 failed.append(job)
                 continue
-            bar.write(f"$ {job.command()}")
-            shutil.rmtree(self.out / job.name, ignore_errors=True)
+            args = list(job.args)
+            partial = self.out / job.name / "checkpoints" / "last.ckpt"
+            if job.name.startswith("meta_train/") and partial.exists():
+                args += ["--ckpt_path", str(partial)]  # an interrupted meta-training resumes
+            else:
+                shutil.rmtree(self.out / job.name, ignore_errors=True)
+            bar.write(f"$ l2o {shlex.join(args)}")
             started = time.perf_counter()
-            if execute(list(job.args)) == 0:
+            if execute(args) == 0:
                 if job.name.startswith("meta_train/"):
                     publish_best_checkpoint(self.out, job.name)
                 marker = self._marker(job)

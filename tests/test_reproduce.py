@@ -79,6 +79,23 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path):
     assert checkpoint_path(tmp_path, "meta_train/bn_relu").read_text() == "meta_train/bn_relu"
 
 
+def test_interrupted_meta_training_resumes_from_its_last_checkpoint(tmp_path):
+    jobs = plan(PRESETS["quick"], tmp_path, seeds=1, only=["fig3"])
+    partial = tmp_path / "meta_train" / "leaky_relu" / "checkpoints" / "last.ckpt"
+    partial.parent.mkdir(parents=True)
+    partial.write_text("killed mid-way")
+    seen = {}
+
+    def execute(args):
+        seen[_name_of(args)] = args
+        return 0
+
+    Study(tmp_path).run(jobs, execute)
+    assert seen["meta_train/leaky_relu"][-2:] == ["--ckpt_path", str(partial)]
+    assert partial.read_text() == "killed mid-way"  # the run's directory was kept
+    assert "--ckpt_path" not in seen["logs/leaky_relu/adam/seed0"]
+
+
 def test_meta_tests_of_a_failed_meta_training_are_reported_not_run(tmp_path):
     jobs = plan(PRESETS["quick"], tmp_path, seeds=1, only=["fig1"])
     failed = Study(tmp_path).run(jobs, lambda args: 1 if _name_of(args).startswith("meta_train/") else 0)
