@@ -44,6 +44,14 @@ def lion_next_exp_avg(exp_avg: Tensor, grad: Tensor, beta2: float) -> Tensor:
     return exp_avg.lerp(grad, 1 - beta2)
 
 
+def evaluate_closure(closure: Callable[[], Tensor] | None) -> Tensor | None:
+    """The loss from ``optimizer.step(closure)``'s closure, with gradients enabled."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class LionSGD(Optimizer):
     """Interpolation of Lion and SGD with momentum (the paper's Fig. 7):
     ``u = lion_weight * u_Lion + (1 - lion_weight) * u_SGD``.
@@ -80,10 +88,7 @@ class LionSGD(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             weight = group["lion_weight"]
@@ -176,10 +181,7 @@ class L2O(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         params = [p for p in self._params() if p.grad is not None]
         if not params:
             return loss
