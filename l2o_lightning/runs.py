@@ -24,9 +24,11 @@ class Run:
     scalars: dict[str, list[tuple[int, float]]] = field(repr=False)
 
     def series(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(steps, values)`` of one tag; empty arrays when the run did not log it."""
-        points = self.scalars.get(tag, [])
-        return np.array([s for s, _ in points], dtype=int), np.array([v for _, v in points], dtype=float)
+        """``(steps, values)`` of one tag in step order, the last value written for a step
+        winning (as in TensorBoard); empty arrays when the run did not log it."""
+        latest = dict(self.scalars.get(tag, []))
+        steps = sorted(latest)
+        return np.array(steps, dtype=int), np.array([latest[s] for s in steps], dtype=float)
 
     def histograms(self, tag: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """``step -> (bucket_right_edges, counts)`` of one histogram tag."""
