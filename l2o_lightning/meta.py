@@ -48,6 +48,7 @@ from torch.func import grad_and_value, vmap
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from l2o_lightning.callbacks.base import observe_meta_training_step
 from l2o_lightning.data import EndlessMinibatches
 from l2o_lightning.dynamics.symmetry import symmetry_deviations
 from l2o_lightning.errors import ConfigError, DivergenceError
@@ -56,7 +57,8 @@ from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import raw_scalars
 
 MetaLossKind = Literal["sum", "log_sum"]
-UpdatePenalty = Callable[[Tensor, Tensor], Tensor]
+# (params theta [tasks, D] with graph, gradient g detached, update u with graph) -> meta-loss term
+StepHook = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 TRAINING_STATE_KEY = "meta_training"  # checkpoint entry of what resuming needs beyond Lightning's state
 TRAINING_STATE_VERSION = 1
@@ -169,16 +171,16 @@ def learned_step(
     state: LSTMState,
     x: Tensor,
     y: Tensor,
-) -> tuple[Tensor, LSTMState, Tensor, Tensor]:
+) -> tuple[Tensor, LSTMState, Tensor, Tensor, Tensor]:
     """One optimizee step by the LSTM: ``theta_next = theta + u``, ``u = net(g)``.
 
     Returns:
-        ``(theta_next, state_next, loss, u)``; ``loss[tasks]`` is the minibatch loss at
-        ``theta`` in :func:`first_order_loss` form.
+        ``(theta_next, state_next, loss, u, g)``; ``loss[tasks]`` is the minibatch loss at
+        ``theta`` in :func:`first_order_loss` form, ``g`` its (detached) gradient.
     """
     loss, grad = optimizee_loss_and_grad(optimizee, params, x, y)
     update, state = net(grad, state)
-    return params + update, state, first_order_loss(loss, grad, params), update
+    return params + update, state, first_order_loss(loss, grad, params), update, grad
 
 
 def unroll_truncation(
@@ -187,7 +189,7 @@ def unroll_truncation(
     trajectory: Trajectory,
     xs: Tensor,
     ys: Tensor,
-    update_penalty: UpdatePenalty,
+    step_hook: StepHook,
 ) -> tuple[Trajectory, Tensor, Tensor]:
     """Advance a trajectory by one truncation, keeping the graph.
 
@@ -196,7 +198,8 @@ def unroll_truncation(
         optimizee: the functional optimizee.
         trajectory: where the truncation starts (detached).
         xs, ys: one minibatch per step, ``[steps, tasks, B, 784]`` and ``[steps, tasks, B]``.
-        update_penalty: ``(update, params) -> scalar`` added to the meta-loss per step.
+        step_hook: ``(theta, g, u) -> scalar`` called at every step (probes may observe);
+            its value (e.g. a regularizer) is added to the meta-loss.
 
     Returns:
         The advanced trajectory, the step losses ``[steps, tasks]`` and the summed penalty.
@@ -204,8 +207,8 @@ def unroll_truncation(
     params, state = trajectory.params, trajectory.state
     losses, penalty = [], params.new_zeros(())
     for x, y in zip(xs, ys, strict=True):
-        next_params, state, loss, update = learned_step(net, optimizee, params, state, x, y)
-        penalty = penalty + update_penalty(update, params)
+        next_params, state, loss, update, grad = learned_step(net, optimizee, params, state, x, y)
+        penalty = penalty + step_hook(params, grad, update)
         losses.append(loss)
         params = next_params
     return Trajectory(params, state, trajectory.step + len(xs)), torch.stack(losses), penalty
@@ -227,7 +230,7 @@ def run_trajectories(
     """
     params, state, losses = trajectory.params, trajectory.state, []
     for x, y in islice(minibatches, n_iters):
-        params, state, loss, _ = learned_step(net, optimizee, params, state, x, y)
+        params, state, loss, *_ = learned_step(net, optimizee, params, state, x, y)
         losses.append(loss)
     return torch.stack(losses), params
 
@@ -323,6 +326,7 @@ class MetaTrainModule(L.LightningModule):
         # meta-training state, set up in on_fit_start (from the checkpoint when resuming)
         self.progress: MetaProgress | None = None
         self.trajectory: Trajectory | None = None
+        self._position = 0  # optimizee step inside the current truncation
         self.task_ids: list[int] = []
         self.log_through: int | None = None  # steps up to this one are already in the event files
         self.resume_state: dict | None = None
@@ -350,8 +354,12 @@ class MetaTrainModule(L.LightningModule):
         params = params.to(self.device)
         return Trajectory(params, self.net.initial_state(params.shape, device=self.device))
 
-    def update_penalty(self, update: Tensor, params: Tensor) -> Tensor:
-        """Per-step term added to the meta-loss: the symmetry regularizer, if any."""
+    def step_hook(self, params: Tensor, grad: Tensor, update: Tensor) -> Tensor:
+        """At every optimizee step of a truncation: show the probes the first task's step,
+        and return the term added to the meta-loss (the symmetry regularizer, if any)."""
+        position = (self.progress.batches - 1) * self.hparams.unroll + self._position
+        self._position += 1
+        observe_meta_training_step(self.trainer, self.optimizee, position, params, grad, update)
         if self.symmetry_reg is None:
             return update.new_zeros(())
         return symmetry_penalty(update, params, self.optimizee, **self.symmetry_reg)
@@ -362,8 +370,9 @@ class MetaTrainModule(L.LightningModule):
         if self.trajectory is None or self.trajectory.step >= self.hparams.n_iters:
             self.trajectory = self.fresh_trajectory(self.task_ids, self.progress.seed, self.progress.rounds)
             self.progress.rounds += 1
+        self._position = 0
         trajectory, step_losses, penalty = unroll_truncation(
-            self.net, self.optimizee, self.trajectory, xs, ys, self.update_penalty
+            self.net, self.optimizee, self.trajectory, xs, ys, self.step_hook
         )
         loss = meta_objective(step_losses, self.hparams.meta_loss) + penalty
         metrics = {"meta/loss": loss.detach(), "meta/optimizee_loss": step_losses.detach().mean()}

@@ -24,7 +24,7 @@ from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import read_scalars
 
 
-def no_penalty(update: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+def no_penalty(params: torch.Tensor, grad: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     return update.new_zeros(())
 
 

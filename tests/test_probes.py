@@ -145,3 +145,19 @@ def test_probes_warn_and_stand_down_without_tensorboard(mnist_dir, tmp_path):
 
 def test_docstring_examples():
     assert doctest.testmod(importlib.import_module("l2o_lightning.callbacks.update_stats")).failed == 0
+
+
+@pytest.mark.mnist
+def test_probes_follow_the_trajectory_during_meta_training(run_cli, tmp_path):
+    run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", "-c", "configs/probes/all.yaml",
+            "--model.init_args.n_iters", "20", "--model.init_args.trajectories", "2",
+            "--model.init_args.val_n_iters", "5", "--model.init_args.eval_tasks", "1")
+    run_dir = tmp_path / "logs" / "meta_train" / "leaky_relu" / "version_0"
+    scalars = read_scalars(run_dir)
+    # x = meta-training's running optimizee step: 2 trajectories x 20 steps
+    assert [s for s, _ in scalars["symmetry/rescale/update/abs_sum"]] == list(range(40))
+    assert [s for s, _ in scalars["update/norm"]] == [0, 10, 20, 30]
+    # the LSTM's steps break the rescale symmetry, the gradient obeys it
+    assert min(v for _, v in scalars["symmetry/rescale/update/normalized"]) > 1e-4
+    assert max(v for _, v in scalars["symmetry/rescale/grad/normalized"]) < 1e-5
+    assert not any(tag.startswith(("tail_index/", "covariance/")) for tag in scalars)

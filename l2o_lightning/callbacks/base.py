@@ -86,7 +86,11 @@ class Probe(L.Callback):
 
     def due(self, trainer: L.Trainer) -> bool:
         """Whether the optimizee step about to be taken is probed."""
-        return self._logger is not None and trainer.global_step % self.every_n_steps == 0
+        return self.due_at(trainer.global_step)
+
+    def due_at(self, step: int) -> bool:
+        """Whether optimizee step ``step`` is probed."""
+        return self._logger is not None and step % self.every_n_steps == 0
 
     def log_scalars(self, scalars: Mapping[str, Tensor | float], step: int) -> None:
         self._logger.log_metrics({tag: float(value) for tag, value in scalars.items()}, step=step)
@@ -118,7 +122,9 @@ class AppliedUpdateProbe(Probe):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer
     ) -> None:
-        if self.due(trainer):
+        # under manual optimization (meta-training) the optimizer steps the meta-parameters;
+        # the module shows the optimizee's steps itself (observe_meta_training_step)
+        if pl_module.automatic_optimization and self.due(trainer):
             model = optimizee_of(pl_module)
             self._before = (trainer.global_step, model.flat_parameters(), flat_grad(model))
 
@@ -129,6 +135,18 @@ class AppliedUpdateProbe(Probe):
         (step, theta, grad), self._before = self._before, None
         model = optimizee_of(pl_module)
         self.observe(step, model, theta, grad, model.flat_parameters() - theta)
+
+
+@torch.no_grad()
+def observe_meta_training_step(
+    trainer: L.Trainer, model: MLP, step: int, params: Tensor, grad: Tensor, update: Tensor
+) -> None:
+    """Show the first task's optimizee step of a meta-training truncation (``params``,
+    ``grad``, ``update``: ``[tasks, D]``) to every :class:`AppliedUpdateProbe` due at ``step``
+    (meta-training's running count of optimizee steps)."""
+    probes = [cb for cb in trainer.callbacks if isinstance(cb, AppliedUpdateProbe) and cb.due_at(step)]
+    for probe in probes:
+        probe.observe(step, model, params[0].detach(), grad[0].detach(), update[0].detach())
 
 
 @dataclass(frozen=True)
@@ -182,6 +200,12 @@ class NoiseProbe(Probe):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         NoiseProbe._shared.clear()
+        if self._logger is not None and not pl_module.automatic_optimization:
+            rank_zero_warn(
+                f"{type(self).__name__} probes optimizers stepped by Lightning (meta-testing); it is "
+                f"disabled on {type(pl_module).__name__}, whose optimizee steps happen inside a truncation."
+            )
+            self._logger = None
         if self._logger is None:
             return
         datamodule = trainer.datamodule

@@ -3,7 +3,6 @@ update-size and histogram plots)."""
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from torch import Tensor
 
@@ -49,9 +48,9 @@ class UpdateStatsProbe(AppliedUpdateProbe):
         super().__init__(every_n_steps)
         self.histogram_steps = frozenset(histogram_steps)
 
-    def due(self, trainer: L.Trainer) -> bool:
-        paper_step = self._logger is not None and trainer.global_step + 1 in self.histogram_steps
-        return super().due(trainer) or paper_step
+    def due_at(self, step: int) -> bool:
+        paper_step = self._logger is not None and step + 1 in self.histogram_steps
+        return super().due_at(step) or paper_step
 
     def observe(self, step: int, model: MLP, theta: Tensor, grad: Tensor, update: Tensor) -> None:
         size, grad = update.abs().cpu(), grad.cpu()  # torch.histogram runs on the CPU
