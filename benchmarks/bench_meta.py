@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from l2o_lightning.data import load_mnist, resolve_data_dir
 from l2o_lightning.learned import LSTMOptimizerNet, checkpoint_entry
-from l2o_lightning.meta import Trajectory, learned_step, meta_objective, unroll_truncation
 from l2o_lightning.optim import L2O
 from l2o_lightning.optimizees import MLP
+from l2o_lightning.unroll import Trajectory, learned_step, meta_objective, unroll_truncation
 
 BATCH, POOL = 128, 64
 

@@ -33,68 +33,41 @@ checkpoint are recomputed but not written again: the curves continue without gap
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from itertools import islice
-from typing import Literal, TypedDict
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from l2o_lightning.callbacks.base import observe_meta_training_step
 from l2o_lightning.data import EndlessMinibatches
-from l2o_lightning.dynamics.symmetry import symmetry_deviations
 from l2o_lightning.errors import ConfigError, DivergenceError
 from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, LSTMState, checkpoint_entry, l2o_entry
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import raw_scalars
-
-MetaLossKind = Literal["sum", "log_sum"]
-# (params theta [tasks, D] with graph, gradient g detached, update u with graph) -> meta-loss term
-StepHook = Callable[[Tensor, Tensor, Tensor], Tensor]
+from l2o_lightning.unroll import (
+    MetaLossKind,
+    SymmetryReg,
+    Trajectory,
+    all_finite,
+    meta_objective,
+    run_trajectories,
+    symmetry_penalty,
+    task_generator,
+    unroll_truncation,
+    validate_symmetry_reg,
+)
 
 TRAINING_STATE_KEY = "meta_training"  # checkpoint entry of what resuming needs beyond Lightning's state
 TRAINING_STATE_VERSION = 1
 STEP_TAG = "meta/trajectory"  # logged at every truncation: the resume bookkeeping reads it back
 _CKPT_HINT = "pass a checkpoint written by `l2o fit -c configs/meta_train/<optimizee>.yaml`"
-
-
-class SymmetryReg(TypedDict, total=False):
-    """The symmetry-breaking regularizer (paper Fig. 2): ``beta`` times the ``sum_abs``
-    deviation of the L2O's updates from the constraints of the symmetries in ``kinds``."""
-
-    beta: float
-    kinds: list[str]
-
-
-def symmetry_penalty(
-    update: Tensor, params: Tensor, optimizee: MLP, kinds: list[str], beta: float
-) -> Tensor:
-    """``beta * sum_kinds sum_j |<v_j, theta_tilde_j>|`` with ``v = -u``, mean over tasks;
-    differentiable in ``update`` and ``params`` (``[tasks, D]`` each)."""
-    deviations = symmetry_deviations(-update, params, optimizee.symmetry_groups(), optimizee.layout)
-    return beta * sum(deviations[kind].sum_abs for kind in kinds).mean()
-
-
-@dataclass
-class Trajectory:
-    """The optimizees being trained: parameters ``[tasks, D]``, the LSTM state
-    ``[num_layers, tasks, D, hidden]`` and the optimizee step reached."""
-
-    params: Tensor
-    state: LSTMState
-    step: int = 0
-
-    def detach(self) -> Trajectory:
-        """Cut the graph at a truncation boundary: no meta-gradient flows to earlier steps."""
-        return Trajectory(self.params.detach(), self.state.detach(), self.step)
 
 
 @dataclass
@@ -115,124 +88,6 @@ class MetaProgress:
     batches: int = 0
     diverged: int = 0
     diverged_in_a_row: int = 0
-
-
-def optimizee_loss_and_grad(
-    optimizee: MLP, params: Tensor, x: Tensor, y: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Minibatch loss ``[tasks]`` and its gradient ``[tasks, D]`` at ``params[tasks, D]``
-    on ``x[tasks, B, 784]``, ``y[tasks, B]``; both detached from any graph."""
-    grad, loss = vmap(grad_and_value(optimizee.functional_loss))(params.detach(), x, y)
-    return loss, grad
-
-
-def first_order_loss(loss: Tensor, grad: Tensor, params: Tensor) -> Tensor:
-    """``L + <g, theta - stopgrad(theta)>``: the value of ``L`` with derivative ``g`` with
-    respect to ``theta``, i.e. the meta-gradient path through the optimizee loss without
-    second derivatives (and without keeping the optimizee's own graph).
-
-    Args:
-        loss: ``[tasks]`` minibatch losses at ``params``.
-        grad: ``[tasks, D]`` their gradients.
-        params: ``[tasks, D]`` parameters carrying the graph.
-    """
-    return loss + (grad * (params - params.detach())).sum(-1)
-
-
-def meta_objective(step_losses: Tensor, kind: MetaLossKind) -> Tensor:
-    """The meta-loss of a truncation from its step losses ``[steps, tasks]``, averaged over tasks:
-    ``sum``: ``sum_t L_t``; ``log_sum``: ``log(sum_t L_t)``."""
-    total = step_losses.sum(0)
-    return (total.log() if kind == "log_sum" else total).mean()
-
-
-def all_finite(*tensors: Tensor) -> bool:
-    """Whether every entry of every tensor is finite (no NaN, no +-inf)."""
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
-def task_generator(seed: int, task: int, round_: int) -> torch.Generator:
-    """The generator of trajectory ``(task, round_)``'s initialisation, seeded by hashing
-    ``(seed, round_, task)`` with numpy's ``SeedSequence``: the same trajectory starts from the
-    same parameters whichever process runs it and however many tasks run beside it.
-
-    >>> a, b = task_generator(0, 1, 2), task_generator(0, 1, 2)
-    >>> torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
-    True
-    """
-    high, low = np.random.SeedSequence([seed, round_, task]).generate_state(2)
-    return torch.Generator().manual_seed(int(high) << 32 | int(low))
-
-
-def learned_step(
-    net: Callable[[Tensor, LSTMState], tuple[Tensor, LSTMState]],
-    optimizee: MLP,
-    params: Tensor,
-    state: LSTMState,
-    x: Tensor,
-    y: Tensor,
-) -> tuple[Tensor, LSTMState, Tensor, Tensor, Tensor]:
-    """One optimizee step by the LSTM: ``theta_next = theta + u``, ``u = net(g)``.
-
-    Returns:
-        ``(theta_next, state_next, loss, u, g)``; ``loss[tasks]`` is the minibatch loss at
-        ``theta`` in :func:`first_order_loss` form, ``g`` its (detached) gradient.
-    """
-    loss, grad = optimizee_loss_and_grad(optimizee, params, x, y)
-    update, state = net(grad, state)
-    return params + update, state, first_order_loss(loss, grad, params), update, grad
-
-
-def unroll_truncation(
-    net: Callable[[Tensor, LSTMState], tuple[Tensor, LSTMState]],
-    optimizee: MLP,
-    trajectory: Trajectory,
-    xs: Tensor,
-    ys: Tensor,
-    step_hook: StepHook,
-) -> tuple[Trajectory, Tensor, Tensor]:
-    """Advance a trajectory by one truncation, keeping the graph.
-
-    Args:
-        net: the LSTM optimizer.
-        optimizee: the functional optimizee.
-        trajectory: where the truncation starts (detached).
-        xs, ys: one minibatch per step, ``[steps, tasks, B, 784]`` and ``[steps, tasks, B]``.
-        step_hook: ``(theta, g, u) -> scalar`` called at every step (probes may observe);
-            its value (e.g. a regularizer) is added to the meta-loss.
-
-    Returns:
-        The advanced trajectory, the step losses ``[steps, tasks]`` and the summed penalty.
-    """
-    params, state = trajectory.params, trajectory.state
-    losses, penalty = [], params.new_zeros(())
-    for x, y in zip(xs, ys, strict=True):
-        next_params, state, loss, update, grad = learned_step(net, optimizee, params, state, x, y)
-        penalty = penalty + step_hook(params, grad, update)
-        losses.append(loss)
-        params = next_params
-    return Trajectory(params, state, trajectory.step + len(xs)), torch.stack(losses), penalty
-
-
-@torch.no_grad()
-def run_trajectories(
-    net: Callable[[Tensor, LSTMState], tuple[Tensor, LSTMState]],
-    optimizee: MLP,
-    trajectory: Trajectory,
-    minibatches: Iterator[tuple[Tensor, Tensor]],
-    n_iters: int,
-) -> tuple[Tensor, Tensor]:
-    """Train ``tasks`` optimizees for ``n_iters`` steps with a frozen LSTM (no meta-gradient).
-
-    Returns:
-        Losses ``[n_iters, tasks]`` (each at the parameters before its step) and the final
-        parameters ``[tasks, D]``.
-    """
-    params, state, losses = trajectory.params, trajectory.state, []
-    for x, y in islice(minibatches, n_iters):
-        params, state, loss, *_ = learned_step(net, optimizee, params, state, x, y)
-        losses.append(loss)
-    return torch.stack(losses), params
 
 
 class MetaTrainModule(L.LightningModule):
@@ -609,19 +464,3 @@ def validate_meta_args(**settings: int | str | None) -> None:
     for name in ("tasks_per_step", "max_diverged_in_a_row", "eval_tasks", "val_n_iters", "test_n_iters"):
         if settings[name] <= 0:
             raise ConfigError(f"`model.{name}` must be positive, got {settings[name]}.")
-
-
-def validate_symmetry_reg(symmetry_reg: SymmetryReg | None, optimizee: MLP) -> dict | None:
-    """``{beta, kinds}`` with defaults filled in, ``None`` when it adds nothing; a
-    :class:`ConfigError` naming ``model.symmetry_reg`` for a negative ``beta`` or a kind the
-    optimizee does not have."""
-    if not symmetry_reg or not symmetry_reg.get("beta"):
-        return None
-    beta, kinds = float(symmetry_reg["beta"]), list(symmetry_reg.get("kinds", ["rescale"]))
-    available = sorted({group.kind for group in optimizee.symmetry_groups()})
-    if beta < 0 or not kinds or not set(kinds) <= set(available):
-        raise ConfigError(
-            f"invalid `model.symmetry_reg` (beta={beta}, kinds={kinds}): beta must be >= 0 and "
-            f"kinds a non-empty subset of this optimizee's symmetries {available}."
-        )
-    return {"beta": beta, "kinds": kinds}

@@ -11,7 +11,9 @@ from torch.func import functional_call
 from l2o_lightning.data import EndlessMinibatches
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import LSTMOptimizerNet
-from l2o_lightning.meta import (
+from l2o_lightning.optimizees import MLP
+from l2o_lightning.tb import read_scalars
+from l2o_lightning.unroll import (
     Trajectory,
     first_order_loss,
     meta_objective,
@@ -20,8 +22,6 @@ from l2o_lightning.meta import (
     unroll_truncation,
     validate_symmetry_reg,
 )
-from l2o_lightning.optimizees import MLP
-from l2o_lightning.tb import read_scalars
 
 
 def no_penalty(params: torch.Tensor, grad: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
