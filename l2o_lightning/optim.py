@@ -44,6 +44,16 @@ def lion_next_exp_avg(exp_avg: Tensor, grad: Tensor, beta2: float) -> Tensor:
     return exp_avg.lerp(grad, 1 - beta2)
 
 
+def lion_sgd_update(
+    param: Tensor, grad: Tensor, exp_avg: Tensor, buffer: Tensor, group: dict
+) -> Tensor:
+    """LionSGD's update from Lion's momentum ``exp_avg`` and SGD's new heavy-ball ``buffer``:
+    ``u = w * u_Lion - (1 - w) * sgd_lr * buffer`` with ``w = group["lion_weight"]``."""
+    u_lion = lion_update(param, grad, exp_avg, group["lr"], group["betas"][0], group["weight_decay"])
+    weight = group["lion_weight"]
+    return weight * u_lion + (1 - weight) * (-group["sgd_lr"] * buffer)
+
+
 def evaluate_closure(closure: Callable[[], Tensor] | None) -> Tensor | None:
     """The loss from ``optimizer.step(closure)``'s closure, with gradients enabled."""
     if closure is None:
@@ -90,19 +100,16 @@ class LionSGD(Optimizer):
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         loss = evaluate_closure(closure)
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            weight = group["lion_weight"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
                 exp_avg = state.get("exp_avg", torch.zeros_like(p))
-                u_lion = lion_update(p, p.grad, exp_avg, group["lr"], beta1, group["weight_decay"])
                 buffer = sgd_momentum_buffer(p.grad, state.get("momentum_buffer"), group["momentum"])
-                u_sgd = -group["sgd_lr"] * buffer
-                state["exp_avg"] = lion_next_exp_avg(exp_avg, p.grad, beta2)
+                update = lion_sgd_update(p, p.grad, exp_avg, buffer, group)
+                state["exp_avg"] = lion_next_exp_avg(exp_avg, p.grad, group["betas"][1])
                 state["momentum_buffer"] = buffer
-                p.add_(weight * u_lion + (1 - weight) * u_sgd)
+                p.add_(update)
         return loss
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
 from l2o_lightning.learned import LSTMState
-from l2o_lightning.optim import L2O, LionSGD, lion_update, sgd_momentum_buffer
+from l2o_lightning.optim import L2O, LionSGD, lion_sgd_update, lion_update, sgd_momentum_buffer
 
 UpdateRule = Callable[[Optimizer, Tensor], Tensor]
 # one parameter: (optimizer, param group, parameter, grads [N, *shape]) -> updates [N, *shape]
@@ -186,9 +186,8 @@ def lion_sgd_rule(optimizer: Optimizer, group: dict, p: Tensor, g: Tensor) -> Te
     """:class:`~l2o_lightning.optim.LionSGD`: ``u = w * u_Lion + (1 - w) * u_SGD``."""
     state = optimizer.state.get(p, {})
     exp_avg = state.get("exp_avg", torch.zeros_like(p))
-    u_lion = lion_update(p, g, exp_avg, group["lr"], group["betas"][0], group["weight_decay"])
-    u_sgd = -group["sgd_lr"] * sgd_momentum_buffer(g, state.get("momentum_buffer"), group["momentum"])
-    return group["lion_weight"] * u_lion + (1 - group["lion_weight"]) * u_sgd
+    buffer = sgd_momentum_buffer(g, state.get("momentum_buffer"), group["momentum"])
+    return lion_sgd_update(p, g, exp_avg, buffer, group)
 
 
 # rows per LSTM call in the L2O rule: ~N*D = 5e5 coordinates in one call run ~5x slower per
