@@ -158,7 +158,7 @@ class L2O(Optimizer):
         return [p for group in self.param_groups for p in group["params"]]
 
     def _state_of(self, param: Tensor) -> LSTMState:
-        state = self.state[param]
+        state = self.state.get(param, {})  # reading must not add entries to the defaultdict
         if "h" not in state:
             return self.net.initial_state((param.numel(),), param.device, param.dtype)
         return LSTMState(state["h"], state["c"])

@@ -191,9 +191,11 @@ def test_l2o_leaves_parameters_without_gradient_alone(l2o_checkpoint):
     optimizer.step()
     assert not torch.equal(used.detach(), torch.ones(3))
     assert torch.equal(unused.detach(), torch.ones(2))
+    before = optimizer.state_dict()["state"].keys()
     state = optimizer.lstm_state()
     assert state.h.shape == (2, 5, 20)
     assert state.h[:, :3].abs().sum() > 0 and not state.h[:, 3:].any()
+    assert optimizer.state_dict()["state"].keys() == before  # reading the state adds no entries
 
 
 def test_l2o_checkpoint_errors_name_the_setting(tmp_path):
