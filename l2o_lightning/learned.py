@@ -52,8 +52,9 @@ def preprocess_gradients(grad: Tensor, p: float = 10.0) -> Tensor:
 def lstm_pointwise_forward(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The elementwise part of an LSTM step.
 
-    With pre-activations ``z = [z_i, z_f, 2 z_g, z_o]`` (``[N, 4H]``, the candidate's scaled
-    by 2 so that one sigmoid serves all gates) and ``s = sigmoid(z)``:
+    With pre-activations ``z = [z_i, z_f, 2 z_g, z_o]`` (``[..., 4H]``, the candidate's scaled
+    by 2 so that one sigmoid serves all gates), ``c`` broadcastable to ``[..., H]``, and
+    ``s = sigmoid(z)``:
     ``i, f, o = s_i, s_f, s_o``, ``g = tanh(z_g) = 2 s_g - 1``, ``c' = f c + i g``,
     ``h' = o tanh(c')`` with ``tanh(c') = 2 sigmoid(2 c') - 1`` (faster than ``torch.tanh``
     on CPU, equal within rounding).
@@ -62,9 +63,9 @@ def lstm_pointwise_forward(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor
         ``(h', c', s, tanh(c'))``; the last two are what the backward needs.
     """
     s = torch.sigmoid(z)
-    i, f, s_g, o = s.chunk(_GATES, dim=1)
-    c_next = torch.addcmul(f * c, i, 2 * s_g - 1)
-    tanh_c = 2 * torch.sigmoid(2 * c_next) - 1
+    i, f, s_g, o = s.chunk(_GATES, dim=-1)
+    c_next = torch.addcmul(f * c, i, s_g, value=2).sub_(i)  # f c + i (2 s_g - 1)
+    tanh_c = torch.sigmoid(2 * c_next).mul_(2).sub_(1)
     return o * tanh_c, c_next, s, tanh_c
 
 
@@ -74,9 +75,9 @@ def lstm_pointwise_backward(
     """Gradients of :func:`lstm_pointwise_forward` with respect to ``z`` and ``c``:
     ``dc' = grad_c' + grad_h' o (1 - tanh(c')^2)``;
     ``ds = [dc' g, dc' c, 2 dc' i, grad_h' tanh(c')]``; ``dz = ds s (1 - s)``; ``dc = dc' f``."""
-    i, f, s_g, o = s.chunk(_GATES, dim=1)
+    i, f, s_g, o = s.chunk(_GATES, dim=-1)
     grad_c = grad_c_next + torch.ops.aten.tanh_backward(grad_h * o, tanh_c)
-    grad_s = torch.cat((grad_c * (2 * s_g - 1), grad_c * c, 2 * grad_c * i, grad_h * tanh_c), dim=1)
+    grad_s = torch.cat((grad_c * (2 * s_g - 1), grad_c * c, 2 * grad_c * i, grad_h * tanh_c), dim=-1)
     return torch.ops.aten.sigmoid_backward(grad_s, s), grad_c * f
 
 
@@ -114,6 +115,16 @@ class LSTMPointwise(torch.autograd.Function):
         return *ctx.kernels.backward(grad_h, grad_c_next, *ctx.saved_tensors), None
 
 
+def gate_parameters(cell: nn.LSTMCell) -> tuple[Tensor, Tensor, Tensor]:
+    """``(W_ih^T, W_hh^T, b_ih + b_hh)`` of the cell with the candidate gate's columns scaled
+    by 2, so that ``z = x W_ih^T + h W_hh^T + b`` is what :func:`lstm_pointwise_forward` takes."""
+    hidden = cell.hidden_size
+    scale = torch.ones(_GATES * hidden, dtype=cell.weight_ih.dtype, device=cell.weight_ih.device)
+    scale[2 * hidden : 3 * hidden] = 2.0
+    bias = (cell.bias_ih + cell.bias_hh) * scale
+    return (cell.weight_ih * scale[:, None]).t(), (cell.weight_hh * scale[:, None]).t(), bias
+
+
 def lstm_cell(
     x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell, kernels: PointwiseKernels = EAGER_KERNELS
 ) -> tuple[Tensor, Tensor]:
@@ -131,12 +142,8 @@ def lstm_cell(
     Returns:
         ``(h', c')``, each ``[N, hidden]``.
     """
-    hidden = cell.hidden_size
-    # the candidate gate's pre-activation is scaled by 2 (tanh(z) = 2 sigmoid(2z) - 1)
-    scale = torch.ones(_GATES * hidden, 1, dtype=x.dtype, device=x.device)
-    scale[2 * hidden : 3 * hidden] = 2.0
-    z = torch.addmm((cell.bias_ih + cell.bias_hh) * scale[:, 0], h, (cell.weight_hh * scale).t())
-    z = z.addmm_(x, (cell.weight_ih * scale).t())
+    w_ih, w_hh, bias = gate_parameters(cell)
+    z = torch.addmm(bias, h, w_hh).addmm_(x, w_ih)
     return LSTMPointwise.apply(z, c, kernels)
 
 
@@ -242,6 +249,46 @@ class LSTMOptimizerNet(nn.Module):
             c_out.append(c)
         update = self.out_mult * self.head(x).view(grad.shape)
         return update, LSTMState(torch.stack(h_out).view(expected), torch.stack(c_out).view(expected))
+
+    @torch.no_grad()
+    def updates_from_one_state(self, grads: Tensor, state: LSTMState, max_coords: int = 1 << 12) -> Tensor:
+        """The update :meth:`forward` gives for each row of gradients, all from one state.
+
+        ``u_i = forward(g_i, state)[0]``. The recurrent half of every gate pre-activation,
+        ``h W_hh^T + b``, depends on the state alone, so it is computed once per coordinate
+        and broadcast over the rows; only ``x_i W_ih^T`` and the elementwise work are per row
+        (a third of the work of broadcasting the state through :meth:`forward`).
+
+        Args:
+            grads: ``[n, *coords]``, one gradient per row.
+            state: state ``[num_layers, *coords, hidden]``.
+            max_coords: coordinates (rows x coordinates) per batched call; tiles that fit
+                in cache run several times faster per coordinate on CPU than one huge call.
+
+        Returns:
+            ``[n, *coords]``, the update for each row.
+        """
+        n, coords = len(grads), grads[0].numel()
+        flat = grads.reshape(n, coords)
+        h = state.h.reshape(self.num_layers, coords, self.hidden_size)
+        c = state.c.reshape(self.num_layers, coords, self.hidden_size)
+        cells = [gate_parameters(cell) for cell in self.cells]
+        tile = min(coords, max_coords)
+        rows_per_call = max(1, max_coords // tile)
+        features = preprocess_gradients(flat, self.preproc_p)  # [n, coords, 2]
+        head_weight, head_bias = self.out_mult * self.head.weight[0], self.out_mult * self.head.bias
+        out = torch.empty_like(flat)
+        for start in range(0, coords, tile):
+            cols = slice(start, start + tile)
+            recurrent = [torch.addmm(b, h_l[cols], w_hh) for (_, w_hh, b), h_l in zip(cells, h, strict=True)]
+            for first in range(0, n, rows_per_call):
+                rows = slice(first, first + rows_per_call)
+                x = features[rows, cols]  # [k, tile, 2]
+                for (w_ih, _, _), r, c_l in zip(cells, recurrent, c, strict=True):
+                    z = torch.baddbmm(r.expand(len(x), -1, -1), x, w_ih.expand(len(x), -1, -1))
+                    x = self.kernels.forward(z, c_l[cols])[0]
+                out[rows, cols] = torch.matmul(x, head_weight).add_(head_bias)
+        return out.view(grads.shape)
 
 
 CHECKPOINT_KEY = "l2o"

@@ -78,6 +78,20 @@ def test_network_matches_plain_lstmcells():
     assert torch.allclose(next_state.c, ref_state.c, atol=1e-6)
 
 
+@pytest.mark.parametrize("max_coords", [8, 50, 1 << 14])  # tiles of coordinates, of rows, one call
+def test_updates_from_one_state_equal_one_forward_per_row(max_coords):
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet().double()
+    grads = torch.randn(5, 3, 7, dtype=torch.double) * 10.0 ** torch.randint(-7, 1, (5, 3, 7))
+    state = random_state(net, (3, 7))
+    state = LSTMState(state.h.double(), state.c.double())
+    per_row = torch.stack([net(g, state)[0] for g in grads])
+    shared = net.updates_from_one_state(grads, state, max_coords=max_coords)
+    assert shared.shape == grads.shape
+    torch.testing.assert_close(shared, per_row, rtol=1e-12, atol=1e-15)
+    assert not torch.allclose(shared[0], shared[1])
+
+
 def test_step_is_coordinatewise():
     """Permuting coordinates permutes the update and state; splitting them into tensors
     (or tasks) changes nothing."""

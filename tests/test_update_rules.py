@@ -97,7 +97,7 @@ def test_gradient_rows_must_match_the_optimizer():
 
 
 @pytest.mark.parametrize("steps_before", [0, 3])
-def test_l2o_update_rule_equals_the_real_step(tmp_path, steps_before, monkeypatch):
+def test_l2o_update_rule_equals_the_real_step(tmp_path, steps_before):
     torch.manual_seed(0)  # a random (not meta-trained) LSTM: nonzero, state-dependent updates
     torch.save({CHECKPOINT_KEY: checkpoint_entry(LSTMOptimizerNet())}, tmp_path / "l2o.ckpt")
     optimizer, params = make_optimizer(L2O, dict(checkpoint=str(tmp_path / "l2o.ckpt")))
@@ -107,7 +107,6 @@ def test_l2o_update_rule_equals_the_real_step(tmp_path, steps_before, monkeypatc
     grads = torch.randn(4, 21, generator=gen, dtype=torch.float64)
     state = saved_state(optimizer)
 
-    monkeypatch.setattr(update_rules, "L2O_CHUNK_COORDS", 2 * 21)  # two LSTM calls of 2 rows
     predicted = updates(optimizer, grads)  # before any step: the float32 net's float64 copy
 
     torch.testing.assert_close(saved_state(optimizer), state, rtol=0, atol=0)

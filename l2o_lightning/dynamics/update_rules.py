@@ -18,7 +18,6 @@ from lion_pytorch import Lion
 from torch import Tensor
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
-from l2o_lightning.learned import LSTMState
 from l2o_lightning.optim import L2O, LionSGD, lion_sgd_update, lion_update, sgd_momentum_buffer
 
 UpdateRule = Callable[[Optimizer, Tensor], Tensor]
@@ -190,24 +189,11 @@ def lion_sgd_rule(optimizer: Optimizer, group: dict, p: Tensor, g: Tensor) -> Te
     return lion_sgd_update(p, g, exp_avg, buffer, group)
 
 
-# rows per LSTM call in the L2O rule: ~N*D = 5e5 coordinates in one call run ~5x slower per
-# coordinate on CPU than chunks of ~3e4 (the gate activations no longer fit in cache)
-L2O_CHUNK_COORDS = 1 << 15
-
-
 @register_update_rule(L2O)
 def l2o_rule(optimizer: L2O, grads: Tensor) -> Tensor:
-    """:class:`~l2o_lightning.optim.L2O`: ``u = net(g, state)`` for every row from the same
-    LSTM state (``[L, D, H]`` broadcast to ``[L, n, D, H]``), in batched calls of ``n`` rows
-    (``n * D`` about ``L2O_CHUNK_COORDS``)."""
-    state = optimizer.lstm_state()
+    """:class:`~l2o_lightning.optim.L2O`: ``u_i = net(g_i, state)`` for every row from the
+    same LSTM state (:meth:`~l2o_lightning.learned.LSTMOptimizerNet.updates_from_one_state`)."""
     net, weight = optimizer.net, optimizer.net.head.weight
     if (weight.device, weight.dtype) != (grads.device, grads.dtype):  # L2O.step would move it
         net = copy.deepcopy(net).to(device=grads.device, dtype=grads.dtype)
-
-    def rows_update(rows: Tensor) -> Tensor:  # [n, D] -> [n, D]
-        shared = (s.unsqueeze(1).expand(-1, len(rows), -1, -1) for s in (state.h, state.c))
-        return net(rows, LSTMState(*shared))[0]
-
-    chunk = max(1, L2O_CHUNK_COORDS // grads.shape[1])
-    return torch.cat([rows_update(rows) for rows in grads.split(chunk)])
+    return net.updates_from_one_state(grads, optimizer.lstm_state())
