@@ -256,8 +256,8 @@ class LSTMOptimizerNet(nn.Module):
 
         ``u_i = forward(g_i, state)[0]``. The recurrent half of every gate pre-activation,
         ``h W_hh^T + b``, depends on the state alone, so it is computed once per coordinate
-        and broadcast over the rows; only ``x_i W_ih^T`` and the elementwise work are per row
-        (a third of the work of broadcasting the state through :meth:`forward`).
+        and broadcast over the rows; only ``x_i W_ih^T``, the head and the elementwise work
+        are per row (for the paper's net, 1780 of 4980 multiply-adds per coordinate).
 
         Args:
             grads: ``[n, *coords]``, one gradient per row.

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import lightning as L
 import torch
@@ -209,12 +210,16 @@ class MetaTrainModule(L.LightningModule):
         params = params.to(self.device)
         return Trajectory(params, self.net.initial_state(params.shape, device=self.device))
 
-    def step_hook(self, params: Tensor, grad: Tensor, update: Tensor) -> Tensor:
-        """At every optimizee step of a truncation: show the probes the first task's step,
-        and return the term added to the meta-loss (the symmetry regularizer, if any)."""
+    def step_hook(self, params: Tensor, grad: Tensor, update: Tensor, state: LSTMState) -> Tensor:
+        """At every optimizee step of a truncation: show the probes the first task's step (not
+        while a resumed run recomputes steps already logged), and return the term added to the
+        meta-loss (the symmetry regularizer, if any)."""
         position = (self.progress.batches - 1) * self.hparams.unroll + self._position
         self._position += 1
-        observe_meta_training_step(self.trainer, self.optimizee, position, params, grad, update)
+        if self.logs_to_loggers():
+            first_task = LSTMState(state.h[:, 0], state.c[:, 0])
+            rule = partial(self.net.updates_from_one_state, state=first_task)
+            observe_meta_training_step(self.trainer, self.optimizee, position, params, grad, update, rule)
         if self.symmetry_reg is None:
             return update.new_zeros(())
         return symmetry_penalty(update, params, self.optimizee, **self.symmetry_reg)

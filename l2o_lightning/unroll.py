@@ -21,8 +21,9 @@ from l2o_lightning.learned import LSTMState
 from l2o_lightning.optimizees import MLP
 
 MetaLossKind = Literal["sum", "log_sum"]
-# (params theta [tasks, D] with graph, gradient g detached, update u with graph) -> meta-loss term
-StepHook = Callable[[Tensor, Tensor, Tensor], Tensor]
+# (params theta [tasks, D] with graph, gradient g detached, update u with graph, the LSTM state
+# u was computed from) -> meta-loss term
+StepHook = Callable[[Tensor, Tensor, Tensor, LSTMState], Tensor]
 
 class SymmetryReg(TypedDict, total=False):
     """The symmetry-breaking regularizer (paper Fig. 2): ``beta`` times the ``sum_abs``
@@ -136,8 +137,9 @@ def unroll_truncation(
         optimizee: the functional optimizee.
         trajectory: where the truncation starts (detached).
         xs, ys: one minibatch per step, ``[steps, tasks, B, 784]`` and ``[steps, tasks, B]``.
-        step_hook: ``(theta, g, u) -> scalar`` called at every step (probes may observe);
-            its value (e.g. a regularizer) is added to the meta-loss.
+        step_hook: ``(theta, g, u, state) -> scalar`` called at every step, ``state`` the
+            LSTM state ``u`` came from (probes may observe); its value (e.g. a regularizer)
+            is added to the meta-loss.
 
     Returns:
         The advanced trajectory, the step losses ``[steps, tasks]`` and the summed penalty.
@@ -145,10 +147,10 @@ def unroll_truncation(
     params, state = trajectory.params, trajectory.state
     losses, penalty = [], params.new_zeros(())
     for x, y in zip(xs, ys, strict=True):
-        next_params, state, loss, update, grad = learned_step(net, optimizee, params, state, x, y)
-        penalty = penalty + step_hook(params, grad, update)
+        next_params, next_state, loss, update, grad = learned_step(net, optimizee, params, state, x, y)
+        penalty = penalty + step_hook(params, grad, update, state)
         losses.append(loss)
-        params = next_params
+        params, state = next_params, next_state
     return Trajectory(params, state, trajectory.step + len(xs)), torch.stack(losses), penalty
 
 

@@ -23,6 +23,10 @@ BEST = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                       "filename": "best-step{step}", "auto_insert_metric_name": False}}
 EVERY_2 = {"every_n_train_steps": 2, "save_top_k": 0, "save_last": True, "enable_version_counter": False}
 PERIODIC = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": EVERY_2}
+# probes log at optimizee steps, inside the truncations a resumed run may recompute
+PROBES = [{"class_path": "l2o_lightning.callbacks.SymmetryProbe", "init_args": {"every_n_steps": 1}},
+          {"class_path": "l2o_lightning.callbacks.TailIndexProbe",
+           "init_args": {"every_n_steps": 4, "num_units": 2}}]
 # killed right after the checkpoint of step 4 is written, before that truncation is logged
 KILL_AFTER_CHECKPOINT = {"class_path": "subprocess_helpers.CheckpointThenKill",
                          "init_args": {**EVERY_2, "kill_at_step": 4}}
@@ -33,7 +37,7 @@ KILL_LATER = {"class_path": "subprocess_helpers.KillAtBatch", "init_args": {"bat
 @pytest.mark.mnist
 def test_sigkilled_meta_training_resumes_exactly_without_gaps_or_duplicates(mnist_dir, tmp_path):
     def run(name: str, callbacks: list[dict], *extra: str):
-        config = callbacks_config(tmp_path / f"{name}.yaml", callbacks)
+        config = callbacks_config(tmp_path / f"{name}.yaml", [*callbacks, *PROBES])
         return run_l2o([*TINY, "-c", str(config), *extra,
                         "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")], cwd=REPO)
 
@@ -59,6 +63,9 @@ def test_sigkilled_meta_training_resumes_exactly_without_gaps_or_duplicates(mnis
         assert steps == sorted(set(steps)), f"{tag}: duplicate or unordered steps {steps}"
         assert got[tag] == expected[tag], tag  # same values: the resumed run is the same run
     assert [step for step, _ in got["meta/loss"]] == list(range(8))
+    for tag in ("symmetry/rescale/update/abs_sum", "tail_index/update"):  # x = optimizee step
+        assert got[tag] == expected[tag], tag
+    assert [step for step, _ in got["symmetry/rescale/update/abs_sum"]] == list(range(16))
 
     final = [torch.load(runs / run / "checkpoints" / "last.ckpt", weights_only=True)
              for run in ("reference", "version_0")]

@@ -8,7 +8,7 @@ training: it only reads detached copies and draws no random numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -137,16 +137,22 @@ class AppliedUpdateProbe(Probe):
         self.observe(step, model, theta, grad, model.flat_parameters() - theta)
 
 
+# gradient rows [N, D] (optimizee layout) -> the updates [N, D'] the optimizer would apply
+UpdateRule = Callable[[Tensor], Tensor]
+
+
 @torch.no_grad()
 def observe_meta_training_step(
-    trainer: L.Trainer, model: MLP, step: int, params: Tensor, grad: Tensor, update: Tensor
+    trainer: L.Trainer, model: MLP, step: int, params: Tensor, grad: Tensor, update: Tensor, rule: UpdateRule
 ) -> None:
     """Show the first task's optimizee step of a meta-training truncation (``params``,
-    ``grad``, ``update``: ``[tasks, D]``) to every :class:`AppliedUpdateProbe` due at ``step``
-    (meta-training's running count of optimizee steps)."""
-    probes = [cb for cb in trainer.callbacks if isinstance(cb, AppliedUpdateProbe) and cb.due_at(step)]
-    for probe in probes:
-        probe.observe(step, model, params[0].detach(), grad[0].detach(), update[0].detach())
+    ``grad``, ``update``: ``[tasks, D]``; ``rule``: the first task's update rule before the
+    step) to every probe due at ``step`` (meta-training's running count of optimizee steps)."""
+    for probe in trainer.callbacks:
+        if isinstance(probe, AppliedUpdateProbe) and probe.due_at(step):
+            probe.observe(step, model, params[0].detach(), grad[0].detach(), update[0].detach())
+        elif isinstance(probe, NoiseProbe) and probe.due_at(step) and probe.has_pool:
+            probe.probe(trainer, step, model, params[0].detach(), rule)
 
 
 @dataclass(frozen=True)
@@ -198,14 +204,13 @@ class NoiseProbe(Probe):
         """Log what the probe measures."""
         raise NotImplementedError
 
+    @property
+    def has_pool(self) -> bool:
+        """Whether the pool is drawn (between fit start and teardown, when logging)."""
+        return self._pool is not None
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         NoiseProbe._shared.clear()
-        if self._logger is not None and not pl_module.automatic_optimization:
-            rank_zero_warn(
-                f"{type(self).__name__} probes optimizers stepped by Lightning (meta-testing); it is "
-                f"disabled on {type(pl_module).__name__}, whose optimizee steps happen inside a truncation."
-            )
-            self._logger = None
         if self._logger is None:
             return
         datamodule = trainer.datamodule
@@ -230,18 +235,29 @@ class NoiseProbe(Probe):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer
     ) -> None:
-        if not self.due(trainer) or self._pool is None:
+        # under manual optimization (meta-training) the optimizer steps the meta-parameters;
+        # the module shows the optimizee's steps itself (observe_meta_training_step)
+        if not pl_module.automatic_optimization or not self.due(trainer) or self._pool is None:
             return
-        key = (id(trainer), trainer.global_step, self.num_units, self.unit, self.seed)
+        model, optimizer = optimizee_of(pl_module), trainer.optimizers[0]
+        index = optimizer_index(optimizer, model)
+
+        def rule(rows: Tensor) -> Tensor:  # optimizee layout -> the optimizer's order
+            return updates(optimizer, rows[:, index])
+
+        self.probe(trainer, trainer.global_step, model, model.flat_parameters(), rule)
+
+    def probe(self, trainer: L.Trainer, step: int, model: MLP, theta: Tensor, rule: UpdateRule) -> None:
+        """Observe the noise at ``step``, computed once for all noise probes with the same pool."""
+        key = (id(trainer), step, self.num_units, self.unit, self.seed)
         if key not in NoiseProbe._shared:
             NoiseProbe._shared.clear()
-            NoiseProbe._shared[key] = self.noise(optimizee_of(pl_module), trainer.optimizers[0])
-        self.observe(trainer.global_step, NoiseProbe._shared[key])
+            NoiseProbe._shared[key] = self.noise(model, theta, rule)
+        self.observe(step, NoiseProbe._shared[key])
 
-    def noise(self, model: MLP, optimizer: Optimizer) -> Noise:
-        """Unit gradients at the current parameters and their updates from the current state."""
-        grads = pool_gradients(model, model.flat_parameters(), *self._pool)  # [M, D]
+    def noise(self, model: MLP, theta: Tensor, rule: UpdateRule) -> Noise:
+        """Unit gradients at ``theta`` (``[D]``) and the updates ``rule`` gives them."""
+        grads = pool_gradients(model, theta, *self._pool)  # [M, D]
         grad_ref = grads.mean(0)
-        rows = torch.cat([grads, grad_ref[None]])[:, optimizer_index(optimizer, model)]
-        ups = updates(optimizer, rows)  # [M + 1, D']
+        ups = rule(torch.cat([grads, grad_ref[None]]))  # [M + 1, D']
         return Noise(grads, grad_ref, ups[:-1], ups[-1])
