@@ -24,7 +24,7 @@ from l2o_lightning.unroll import (
 )
 
 
-def no_penalty(params: torch.Tensor, grad: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+def no_penalty(params: torch.Tensor, grad: torch.Tensor, update: torch.Tensor, state) -> torch.Tensor:
     return update.new_zeros(())
 
 
