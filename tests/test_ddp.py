@@ -18,6 +18,10 @@ TINY = [
     "--model.init_args.n_iters", "4", "--model.init_args.unroll", "2", "--model.init_args.trajectories", "4",
     "--trainer.limit_val_batches", "0",
 ]
+# probes follow the first task of process 0
+PROBES = [{"class_path": "l2o_lightning.callbacks.SymmetryProbe", "init_args": {"every_n_steps": 1}},
+          {"class_path": "l2o_lightning.callbacks.CovarianceProbe",
+           "init_args": {"every_n_steps": 4, "num_units": 2}}]
 
 
 @pytest.mark.mnist
@@ -25,7 +29,7 @@ def test_two_ddp_processes_equal_one_process_with_both_tasks(mnist_dir, tmp_path
     def run(name: str, *args: str) -> Path:
         saver = {"class_path": "subprocess_helpers.SaveRankWeights",
                  "init_args": {"folder": str(tmp_path / name)}}
-        config = callbacks_config(tmp_path / f"{name}.yaml", [saver], append=True)
+        config = callbacks_config(tmp_path / f"{name}.yaml", [saver, *PROBES], append=True)
         result = run_l2o([*TINY, "-c", str(config), *args, "--trainer.logger.init_args.save_dir",
                           str(tmp_path / "logs"), "--trainer.logger.init_args.version", name], cwd=REPO)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -55,3 +59,11 @@ def test_two_ddp_processes_equal_one_process_with_both_tasks(mnist_dir, tmp_path
     curves = [[value for _, value in raw_scalars(d)["meta/loss"]] for d in (single, ddp)]
     assert len(curves[0]) == 4
     torch.testing.assert_close(torch.tensor(curves[1]), torch.tensor(curves[0]), rtol=1e-5, atol=1e-6)
+
+    # the probes show process 0's task, the single process's first task
+    for tag in ("symmetry/rescale/update/sum_abs", "covariance/top_eig"):
+        alone_curve, ddp_curve = (raw_scalars(d)[tag] for d in (single, ddp))
+        every = 1 if tag.startswith("symmetry") else 4
+        assert [s for s, _ in alone_curve] == [s for s, _ in ddp_curve] == list(range(0, 8, every))
+        values = [torch.tensor([v for _, v in curve]) for curve in (ddp_curve, alone_curve)]
+        torch.testing.assert_close(*values, rtol=1e-3, atol=1e-9)

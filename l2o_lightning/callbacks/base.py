@@ -73,6 +73,9 @@ class Probe(L.Callback):
         self._logger: TensorBoardLogger | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._logger = None
+        if not trainer.is_global_zero:  # loggers write from process 0 only: probe nothing elsewhere
+            return
         self._logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if self._logger is None and stage == "fit":
             loggers = ", ".join(type(lg).__name__ for lg in trainer.loggers) or "none"
