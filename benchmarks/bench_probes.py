@@ -143,7 +143,7 @@ def main() -> None:
         print(f"\n## Whole runs: {args.run_steps} steps validating every 250 (configs/meta_test), "
               "all probes every 10 steps")
         print("\n| probes | fit s | relative |\n|---|---|---|")
-        runs = {"none": float("inf"), "all": float("inf")}
+        runs = dict.fromkeys(["none", "all", "all, num_units=16"], float("inf"))
         for _ in range(args.repeats):
             for name in runs:
                 steps = args.run_steps - WARMUP
