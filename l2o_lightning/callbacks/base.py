@@ -141,12 +141,12 @@ class AppliedUpdateProbe(Probe):
 
 
 # gradient rows [N, D] (optimizee layout) -> the updates [N, D'] the optimizer would apply
-UpdateRule = Callable[[Tensor], Tensor]
+RowUpdates = Callable[[Tensor], Tensor]
 
 
 @torch.no_grad()
 def observe_meta_training_step(
-    trainer: L.Trainer, model: MLP, step: int, params: Tensor, grad: Tensor, update: Tensor, rule: UpdateRule
+    trainer: L.Trainer, model: MLP, step: int, params: Tensor, grad: Tensor, update: Tensor, rule: RowUpdates
 ) -> None:
     """Show the first task's optimizee step of a meta-training truncation (``params``,
     ``grad``, ``update``: ``[tasks, D]``; ``rule``: the first task's update rule before the
@@ -165,7 +165,8 @@ class Noise:
     Attributes:
         grads: unit gradients ``g_i``, ``[M, D]`` (optimizee layout).
         grad_ref: their mean ``g_ref``, ``[D]``.
-        updates: ``U(g_i)``, the updates the optimizer would apply, ``[M, D']`` (optimizer order).
+        updates: ``U(g_i)``, the updates the optimizer would apply, ``[M, D']`` (in the
+            optimizer's parameter order; the optimizee layout during meta-training).
         update_ref: ``U(g_ref)``, ``[D']``.
     """
 
@@ -250,7 +251,7 @@ class NoiseProbe(Probe):
 
         self.probe(trainer, trainer.global_step, model, model.flat_parameters(), rule)
 
-    def probe(self, trainer: L.Trainer, step: int, model: MLP, theta: Tensor, rule: UpdateRule) -> None:
+    def probe(self, trainer: L.Trainer, step: int, model: MLP, theta: Tensor, rule: RowUpdates) -> None:
         """Observe the noise at ``step``, computed once for all noise probes with the same pool."""
         key = (id(trainer), step, self.num_units, self.unit, self.seed)
         if key not in NoiseProbe._shared:
@@ -258,7 +259,7 @@ class NoiseProbe(Probe):
             NoiseProbe._shared[key] = self.noise(model, theta, rule)
         self.observe(step, NoiseProbe._shared[key])
 
-    def noise(self, model: MLP, theta: Tensor, rule: UpdateRule) -> Noise:
+    def noise(self, model: MLP, theta: Tensor, rule: RowUpdates) -> Noise:
         """Unit gradients at ``theta`` (``[D]``) and the updates ``rule`` gives them."""
         grads = pool_gradients(model, theta, *self._pool)  # [M, D]
         grad_ref = grads.mean(0)
