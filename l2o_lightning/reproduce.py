@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -14,6 +15,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from l2o_lightning.data import DATA_DIR_ENV
 
 FIGURES = ("fig1", "fig2", "fig3", "hist", "lion_sgd", "generalization")
 # optimizee name -> meta-test config + overrides (the generalization targets reuse configs)
@@ -26,6 +29,8 @@ OPTIMIZEES = {
     "wide40": ("configs/meta_test/leaky_relu.yaml", "--model.init_args.hidden", "[40]"),
 }
 META_TEST_SEED_OFFSET = 1000  # meta-test seeds never coincide with the meta-training seed (0)
+# the study's commands name configs/ relative to the clone this package runs from
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -229,16 +234,20 @@ class Study:
 
 
 def _run_l2o(args: list[str]) -> int:
-    """Run ``l2o`` in this process (saves the interpreter start-up per run); its exit status."""
+    """Run ``l2o`` in this process (saves the interpreter start-up per run) from
+    :data:`REPO_ROOT`, where the ``configs/...`` paths of the study's commands lie; its exit status."""
     from l2o_lightning.cli import main
 
     argv, sys.argv = sys.argv, ["l2o"]  # LightningCLI warns when it sees our own arguments
+    cwd = Path.cwd()
+    os.chdir(REPO_ROOT)
     try:
         main(args)
     except SystemExit as stop:
         return int(stop.code or 0)
     finally:
         sys.argv = argv
+        os.chdir(cwd)
     return 0
 
 
@@ -255,6 +264,13 @@ def main(argv: list[str] | None = None) -> None:
     preset = PRESETS[args.preset]
     if args.trajectories is not None:
         preset = replace(preset, trajectories=args.trajectories)
+    if not (REPO_ROOT / "configs").is_dir():
+        parser.error(
+            f"the study runs the repository's configs/, which is not at {REPO_ROOT / 'configs'}: install "
+            "l2o_lightning from a clone with `pip install -e .` and run l2o-reproduce there."
+        )
+    if os.environ.get(DATA_DIR_ENV):  # the runs start in REPO_ROOT: keep a relative data root valid
+        os.environ[DATA_DIR_ENV] = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
     out = Path(args.out).resolve()
     try:
         jobs = plan(preset, out, args.seeds, [f for f in args.only.split(",") if f])
@@ -263,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     study = Study(out)
     todo = sum(not study.is_done(job) for job in jobs)
     print(f"l2o-reproduce --preset {args.preset}: {len(jobs)} runs ({todo} to do), "
-          f"expected about {preset.minutes} min for the full study on 2 CPU cores; results in {out}")
+          f"expected about {preset.minutes} min for the full study on 2 CPU cores; results in {out}; "
+          f"commands run from {REPO_ROOT}")
     failed = study.run(jobs)
     from l2o_lightning.report import build_report
 

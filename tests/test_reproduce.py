@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from l2o_lightning.reproduce import FIGURES, PRESETS, Study, checkpoint_path, plan
+from l2o_lightning.reproduce import FIGURES, PRESETS, Study, _run_l2o, checkpoint_path, plan
 
 
 def _configs(job):
@@ -101,6 +101,18 @@ def test_meta_tests_of_a_failed_meta_training_are_reported_not_run(tmp_path):
     failed = Study(tmp_path).run(jobs, lambda args: 1 if _name_of(args).startswith("meta_train/") else 0)
     assert {job.name for job in failed} == {job.name for job in jobs if job.name.startswith("meta_train/")
                                             or job.checkpoint_of}
+
+
+@pytest.mark.mnist
+def test_study_commands_run_from_any_working_directory(mnist_dir, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # configs/ is not here: the study's runs start in the repository
+    job = next(j for j in plan(PRESETS["quick"], tmp_path, seeds=1, only=["lion_sgd"])
+               if j.name == "logs/leaky_relu/sgd/seed0")
+    assert _run_l2o([*job.args, "--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false"]) == 0
+    assert Path.cwd() == elsewhere
+    assert list((tmp_path / job.name).glob("events.out.tfevents.*"))
 
 
 def _name_of(args):
