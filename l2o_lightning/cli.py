@@ -12,6 +12,7 @@ from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
+from l2o_lightning import REPO_ROOT
 from l2o_lightning.data import MNISTDataModule
 from l2o_lightning.errors import ConfigError, DivergenceError
 from l2o_lightning.learned import read_checkpoint
@@ -89,6 +90,15 @@ def _innermost_reason(message: str) -> str:
     return bullets[0] if bullets else message
 
 
+def _missing_config_hint(message: str) -> str:
+    """Where a missing ``-c configs/...`` file lies: the shipped configs are named relative
+    to the repository root ('' when the message is about something else)."""
+    match = re.search(r"File does not exist: '(?:.*/)?(configs/[^']+)'", message)
+    if match is None or not (REPO_ROOT / match.group(1)).is_file():
+        return ""
+    return f"\nthe shipped configs lie in {REPO_ROOT}: run l2o there, or pass {REPO_ROOT / match.group(1)}"
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; an invalid setting ends with one paragraph on stderr and exit code 2,
     a diverging run with exit code 3."""
@@ -106,7 +116,8 @@ def main(args: list[str] | None = None) -> None:
         )
     except ArgumentError as err:
         prog = "l2o " + (sys.argv[1] if args is None and len(sys.argv) > 1 else "<subcommand>")
-        print(f"l2o: error: {err}\n(run `{prog} --help` for the accepted settings)", file=sys.stderr)
+        hint = _missing_config_hint(str(err))
+        print(f"l2o: error: {err}{hint}\n(run `{prog} --help` for the accepted settings)", file=sys.stderr)
         sys.exit(2)
     except (ConfigError, MisconfigurationException) as err:  # Lightning's own bad-setting error
         print(f"l2o: error: {' '.join(str(err).split())}", file=sys.stderr)

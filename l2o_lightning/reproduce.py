@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from l2o_lightning import REPO_ROOT
 from l2o_lightning.data import DATA_DIR_ENV
 
 FIGURES = ("fig1", "fig2", "fig3", "hist", "lion_sgd", "generalization")
@@ -29,8 +30,6 @@ OPTIMIZEES = {
     "wide40": ("configs/meta_test/leaky_relu.yaml", "--model.init_args.hidden", "[40]"),
 }
 META_TEST_SEED_OFFSET = 1000  # meta-test seeds never coincide with the meta-training seed (0)
-# the study's commands name configs/ relative to the clone this package runs from
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)

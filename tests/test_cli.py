@@ -61,6 +61,12 @@ def test_bad_settings_end_in_one_clean_message(run_cli, capsys, args, match):
     _fails_with(run_cli, capsys, args, match)
 
 
+def test_a_shipped_config_named_elsewhere_points_to_the_repository(run_cli, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs/meta_test/leaky_relu.yaml is not here
+    _fails_with(run_cli, capsys, [], rf"File does not exist.*lie in {REPO}: run l2o there, or pass "
+                                     rf"{REPO / 'configs/meta_test/leaky_relu.yaml'}")
+
+
 def test_missing_data_offline_names_the_root_and_both_settings(run_cli, capsys, tmp_path):
     empty = tmp_path / "no_mnist_here"
     _fails_with(run_cli, capsys, ["-c", "configs/optimizers/sgd.yaml", "--data.data_dir", str(empty),
