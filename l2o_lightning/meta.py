@@ -51,7 +51,7 @@ from l2o_lightning.data import EndlessMinibatches
 from l2o_lightning.errors import ConfigError, DivergenceError
 from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, LSTMState, checkpoint_entry, l2o_entry
 from l2o_lightning.optimizees import MLP
-from l2o_lightning.tb import raw_scalars
+from l2o_lightning.tb import last_logged_steps
 from l2o_lightning.unroll import (
     MetaLossKind,
     SymmetryReg,
@@ -392,8 +392,7 @@ class MetaTrainModule(L.LightningModule):
         if self.global_rank == 0:  # loggers write from process 0
             for logger in self.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    steps = [step for step, _ in raw_scalars(logger.log_dir).get(STEP_TAG, [])]
-                    through = max([through, *steps])
+                    through = max(through, last_logged_steps(logger.log_dir).get(STEP_TAG, -1))
         return self.trainer.strategy.broadcast(through, src=0)
 
     # ------------------------------------------------------------------ evaluation

@@ -15,6 +15,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from l2o_lightning.callbacks import SymmetryProbe
+
 TESTS = Path(__file__).resolve().parent
 QUIET = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
 
@@ -59,6 +61,22 @@ class CheckpointThenKill(ModelCheckpoint):
     def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
         super().on_train_batch_end(trainer, *args, **kwargs)
         if trainer.global_step == self.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAfterProbing(SymmetryProbe):
+    """A SymmetryProbe (every step) that writes what it observed at optimizee step
+    ``kill_at`` to disk, then SIGKILLs this process: mid-truncation, with part of the
+    truncation's probe values on disk and none of its meta-training metrics."""
+
+    def __init__(self, kill_at: int) -> None:
+        super().__init__(every_n_steps=1)
+        self.kill_at = kill_at
+
+    def observe(self, step: int, *args) -> None:
+        super().observe(step, *args)
+        if step == self.kill_at:
+            self._logger.experiment.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
 

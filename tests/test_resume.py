@@ -8,7 +8,7 @@ import torch
 from conftest import REPO
 from subprocess_helpers import callbacks_config, run_l2o
 
-from l2o_lightning.tb import raw_scalars
+from l2o_lightning.tb import raw_scalars, summary_values
 
 # 8 meta-steps: trajectories of 2 truncations of 2 steps, validation after batches 2 and 5
 TINY = [
@@ -72,3 +72,32 @@ def test_sigkilled_meta_training_resumes_exactly_without_gaps_or_duplicates(mnis
     assert final[0]["global_step"] == final[1]["global_step"] == 8
     for name, weight in final[0]["l2o"]["state_dict"].items():
         assert torch.equal(weight, final[1]["l2o"]["state_dict"][name]), name
+
+
+@pytest.mark.mnist
+def test_a_run_killed_mid_truncation_resumes_without_logging_a_probe_value_twice(mnist_dir, tmp_path):
+    symmetry = {"class_path": "l2o_lightning.callbacks.SymmetryProbe", "init_args": {"every_n_steps": 1}}
+    # after symmetry: killed at step 5, it logged step 4, and symmetry step 5, before the kill
+    stats = {"class_path": "l2o_lightning.callbacks.UpdateStatsProbe", "init_args": {"every_n_steps": 1}}
+    killer = {"class_path": "subprocess_helpers.KillAfterProbing", "init_args": {"kill_at": 5}}
+
+    def run(name: str, callbacks: list[dict], *extra: str):
+        config = callbacks_config(tmp_path / f"{name}.yaml", [PERIODIC, *callbacks])
+        return run_l2o([*TINY, "-c", str(config), *extra, "--model.init_args.trajectories", "2",
+                        "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")], cwd=REPO)
+
+    reference = run("reference", [symmetry, stats], "--trainer.logger.init_args.version", "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = run("killed", [killer, stats])  # optimizee steps 4-5 are meta-step 2, after the checkpoint of 2
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = run("resumed", [symmetry, stats], "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    runs = tmp_path / "logs" / "meta_train" / "leaky_relu"
+    expected, got = raw_scalars(runs / "reference"), raw_scalars(runs / "version_0")
+    for tag in ("symmetry/rescale/update/abs_sum", "update/norm", "meta/loss"):
+        assert got[tag] == expected[tag], tag  # every step once, the values of the uninterrupted run
+    tag = "update_hist/linears.0.weight"
+    histograms = [[step for step, value in summary_values(runs / run) if value.tag == tag]
+                  for run in ("reference", "version_0")]
+    assert histograms[0] == histograms[1] == list(range(8))
