@@ -22,6 +22,11 @@ from l2o_lightning.learned import (
 )
 
 
+def optimizer_params(optimizer: Optimizer) -> list[Tensor]:
+    """The optimizer's parameters in param-group order (the order of flat vectors)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def sgd_momentum_buffer(grad: Tensor, buffer: Tensor | None, momentum: float) -> Tensor:
     """Heavy-ball buffer of ``torch.optim.SGD`` (no dampening): ``b = g`` on the first
     step, then ``b = momentum * b + g``."""
@@ -154,9 +159,6 @@ class L2O(Optimizer):
         super().__init__(params, {})
         self.net = net.eval().requires_grad_(False)
 
-    def _params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
-
     def _state_of(self, param: Tensor) -> LSTMState:
         state = self.state.get(param, {})  # reading must not add entries to the defaultdict
         if "h" not in state:
@@ -167,7 +169,7 @@ class L2O(Optimizer):
         """The state of all parameters' coordinates, concatenated in order:
         ``[num_layers, D, hidden]`` (zeros for parameters not stepped yet). It may share memory
         with the optimizer's state: read it, do not modify it."""
-        return self._joint_state(self._params())
+        return self._joint_state(optimizer_params(self))
 
     def _joint_state(self, params: list[Tensor]) -> LSTMState:
         """The states of ``params`` concatenated along the coordinate dim. After a step on the
@@ -189,7 +191,7 @@ class L2O(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         loss = evaluate_closure(closure)
-        params = [p for p in self._params() if p.grad is not None]
+        params = [p for p in optimizer_params(self) if p.grad is not None]
         if not params:
             return loss
         grad = torch.cat([p.grad.reshape(-1) for p in params])

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from l2o_lightning.runs import Aggregate, Run, aggregate, discover_runs, select
 
@@ -28,16 +30,10 @@ SUMMARY_COLUMNS: dict[str, tuple[str, Callable[[Aggregate], float]]] = {
     "translation_dev_1_100": ("symmetry/translation/update/abs_sum", lambda a: a.window_mean(*EARLY)),
     "alpha_update": ("tail_index/update", lambda a: float(a.mean.mean())),
     "alpha_grad": ("tail_index/grad", lambda a: float(a.mean.mean())),
-    "top_eig_median": ("covariance/top_eig", lambda a: float(_median(a.mean))),
+    "top_eig_median": ("covariance/top_eig", lambda a: float(np.median(a.mean))),
     "update_norm_1_10": ("update/norm", lambda a: a.window_mean(0, 9)),
     "update_norm_last": ("update/norm", lambda a: float(a.mean[-1])),
 }
-
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def summarize(runs: list[Run]) -> list[dict[str, object]]:
@@ -62,6 +58,9 @@ class Verdict:
     @property
     def status(self) -> str:
         return {True: "holds", False: "does not hold", None: "not measured"}[self.holds]
+
+    def __str__(self) -> str:
+        return f"[{self.status:>13}] {self.claim}\n                {self.measured}"
 
 
 def _lookup(rows: list[dict[str, object]]) -> Callable[[str, str, str], float]:
@@ -217,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="report", help="output directory for figures and summary")
     args = parser.parse_args(argv)
     for verdict in build_report(args.logdir, args.out):
-        print(f"[{verdict.status:>13}] {verdict.claim}\n                {verdict.measured}")
+        print(verdict)
     print(f"figures and summary in {args.out}/")
 
 

@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     from l2o_lightning.report import build_report
 
     for verdict in build_report(out / "logs", out / "report"):
-        print(f"[{verdict.status:>13}] {verdict.claim}\n                {verdict.measured}")
+        print(verdict)
     print(f"report: {out / 'report'}")
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(j.name for j in failed), file=sys.stderr)

@@ -20,8 +20,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from l2o_lightning.dynamics.per_sample import pool_gradients
-from l2o_lightning.dynamics.update_rules import optimizer_params, updates
+from l2o_lightning.dynamics.update_rules import updates
 from l2o_lightning.errors import ConfigError
+from l2o_lightning.optim import optimizer_params
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import last_logged_steps
 

@@ -18,7 +18,14 @@ from lion_pytorch import Lion
 from torch import Tensor
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
-from l2o_lightning.optim import L2O, LionSGD, lion_sgd_update, lion_update, sgd_momentum_buffer
+from l2o_lightning.optim import (
+    L2O,
+    LionSGD,
+    lion_sgd_update,
+    lion_update,
+    optimizer_params,
+    sgd_momentum_buffer,
+)
 
 UpdateRule = Callable[[Optimizer, Tensor], Tensor]
 # one parameter: (optimizer, param group, parameter, grads [N, *shape]) -> updates [N, *shape]
@@ -36,11 +43,6 @@ def register_update_rule(*optimizer_types: type[Optimizer]) -> Callable[[UpdateR
         return rule
 
     return register
-
-
-def optimizer_params(optimizer: Optimizer) -> list[Tensor]:
-    """The optimizer's parameters in param-group order (the order of flat vectors)."""
-    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def flat_optimizer_params(optimizer: Optimizer) -> Tensor:
