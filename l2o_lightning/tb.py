@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -24,10 +25,18 @@ def summary_values(run_dir: str | Path) -> Iterator[tuple[int, Summary.Value]]:
     """``(step, value)`` of every summary value (scalar, histogram, ...) of a run directory's
     event files as written, file by file in name (i.e. creation) order; a record cut off by a
     crash ends its file."""
-    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
-        for event in LegacyEventFileLoader(str(path)).Load():
-            for value in event.summary.value:
-                yield event.step, value
+    for path in _event_files(run_dir):
+        yield from _file_values(str(path))
+
+
+def _event_files(run_dir: str | Path) -> list[Path]:
+    return sorted(Path(run_dir).glob("events.out.tfevents.*"))
+
+
+def _file_values(path: str) -> Iterator[tuple[int, Summary.Value]]:
+    for event in LegacyEventFileLoader(path).Load():
+        for value in event.summary.value:
+            yield event.step, value
 
 
 def raw_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -42,8 +51,18 @@ def raw_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def last_logged_steps(run_dir: str | Path) -> dict[str, int]:
-    """The last step at which each tag (scalar, histogram, ...) of a run directory was logged."""
+    """The last step at which each tag (scalar, histogram, ...) of a run directory was logged.
+
+    Read once per state of the event files (path, size, modification time): a resumed run's
+    module and each of its probes ask for it."""
+    files = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _event_files(run_dir))
+    return dict(_last_logged_steps(files))
+
+
+@lru_cache(maxsize=4)
+def _last_logged_steps(files: tuple[tuple[str, int, int], ...]) -> tuple[tuple[str, int], ...]:
     last: dict[str, int] = {}
-    for step, value in summary_values(run_dir):
-        last[value.tag] = max(step, last.get(value.tag, step))
-    return last
+    for path, _, _ in files:
+        for step, value in _file_values(path):
+            last[value.tag] = max(step, last.get(value.tag, step))
+    return tuple(last.items())
