@@ -111,7 +111,7 @@ class MetaTrainRun:
         start = self.trajectory.step % (POOL - unroll)
         xs, ys = self.xs[start : start + unroll], self.ys[start : start + unroll]
         trajectory, losses, penalty = unroll_truncation(
-            self.net, self.optimizee, self.trajectory, xs, ys, lambda p, g, u: u.new_zeros(())
+            self.net, self.optimizee, self.trajectory, xs, ys, lambda p, g, u, s: u.new_zeros(())
         )
         loss = meta_objective(losses, "sum") + penalty
         self.meta_optimizer.zero_grad()
@@ -128,7 +128,7 @@ def retained_bytes_per_step(run: MetaTrainRun, unroll: int) -> float:
     (each storage counted once), divided by ``unroll``."""
     trajectory, losses, _ = unroll_truncation(
         run.net, run.optimizee, run.trajectory, run.xs[:unroll], run.ys[:unroll],
-        lambda p, g, u: u.new_zeros(()),
+        lambda p, g, u, s: u.new_zeros(()),
     )
     storages, seen, stack = {}, set(), [meta_objective(losses, "sum").grad_fn]
     while stack:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -20,6 +20,7 @@ from l2o_lightning.errors import ConfigError
 DATA_DIR_ENV = "L2O_DATA_DIR"
 DEFAULT_DATA_DIR = "./data"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MinibatchOrder = Literal["reshuffle", "loader"]
 
 
 class DataNotFoundError(ConfigError):
@@ -31,10 +32,13 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
 
 
-@lru_cache(maxsize=4)
-def load_mnist(root: Path, train: bool, download: bool = True) -> tuple[Tensor, Tensor]:
-    """MNIST images as normalised ``[N, 784]`` float32, ``x = (pixel/255 - 0.1307) / 0.3081``,
-    and labels ``[N]`` int64. Downloads into ``root`` when the files are missing."""
+@lru_cache(maxsize=8)
+def load_mnist(
+    root: Path, train: bool, download: bool = True, normalize: bool = True
+) -> tuple[Tensor, Tensor]:
+    """MNIST images as ``[N, 784]`` float32 and labels ``[N]`` int64. ``normalize``: ``x =
+    (pixel/255 - 0.1307) / 0.3081``; otherwise the raw pixels ``x = pixel/255`` in ``[0, 1]``
+    (the paper's inputs). Downloads into ``root`` when the files are missing."""
     from torchvision.datasets import MNIST
 
     try:
@@ -48,13 +52,32 @@ def load_mnist(root: Path, train: bool, download: bool = True) -> tuple[Tensor, 
             "four IDX files. With internet access the default root ./data downloads MNIST."
         ) from None
     images = dataset.data.reshape(len(dataset.data), -1).float().div_(255.0)
-    return images.sub_(MNIST_MEAN).div_(MNIST_STD), dataset.targets.long()
+    if normalize:
+        images.sub_(MNIST_MEAN).div_(MNIST_STD)
+    return images, dataset.targets.long()
+
+
+def loader_pass(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """The minibatch indices of one pass of ``DataLoader(dataset_of_n, batch_size,
+    shuffle=True, generator=generator)``, drawn from ``generator`` as torch's loader draws
+    them: one int64 for the workers' base seed, ``randperm(n)`` cut into minibatches of
+    ``batch_size`` with the last, smaller one kept (the original study's data order), and one
+    more ``randperm(n)`` that ``RandomSampler`` draws for its empty remainder when exhausted."""
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    minibatches = list(torch.randperm(n, generator=generator).split(batch_size))
+    torch.randperm(n, generator=generator)
+    return minibatches
 
 
 class EndlessMinibatches(IterableDataset):
     """Shuffled minibatches forever: each pass over the data is a new permutation drawn
-    from a generator seeded with ``seed``, cut into ``len(x) // batch_size`` minibatches
-    (the rest of a pass is dropped).
+    from a generator seeded with ``seed``. ``order="reshuffle"`` cuts a pass into
+    ``len(x) // batch_size`` minibatches (the rest of a pass is dropped); ``order="loader"``
+    draws and cuts it exactly as a shuffling ``torch.utils.data.DataLoader`` with that
+    generator does (:func:`loader_pass`: the last minibatch of a pass is smaller).
+    ``restart_every = R`` replays the first ``R`` minibatches of that sequence over and over
+    (the original study builds a fresh seed-0 loader for every trajectory of ``R = n_iters``
+    steps, so every trajectory sees the same minibatches).
 
     With ``batches_per_item = k > 1`` each item stacks ``k`` consecutive minibatches,
     ``x[k, batch_size, ...]`` and ``y[k, batch_size]`` (an item may span two passes);
@@ -68,7 +91,8 @@ class EndlessMinibatches(IterableDataset):
 
     def __init__(
         self, x: Tensor, y: Tensor, batch_size: int, seed: int, batches_per_item: int = 1,
-        shard: tuple[int, int] = (0, 1), start: int = 0,
+        shard: tuple[int, int] = (0, 1), start: int = 0, order: MinibatchOrder = "reshuffle",
+        restart_every: int | None = None,
     ) -> None:
         super().__init__()
         if not 0 < batch_size <= len(x):
@@ -77,17 +101,36 @@ class EndlessMinibatches(IterableDataset):
             )
         self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
         self.batches_per_item, self.shard, self.start = batches_per_item, shard, start
+        if order not in ("reshuffle", "loader"):
+            raise ConfigError(f"unknown `data.order` {order!r}; allowed: reshuffle, loader.")
+        if restart_every is not None and restart_every <= 0:
+            raise ConfigError(f"`data.restart_every` must be positive or null, got {restart_every}.")
+        self.order, self.restart_every = order, restart_every
+
+    def _passes(self) -> Iterator[list[Tensor]]:
+        """The minibatch row indices of each pass over the data, pass after pass."""
+        generator = torch.Generator().manual_seed(self.seed)
+        n, batch_size = len(self.x), self.batch_size
+        while True:
+            if self.order == "loader":
+                yield loader_pass(n, batch_size, generator)
+            else:
+                per_pass = n // batch_size
+                yield list(torch.randperm(n, generator=generator)[: per_pass * batch_size].view(per_pass, -1))
 
     def _minibatch_indices(self, skip: int) -> Iterator[Tensor]:
-        """Row indices ``[batch_size]`` of every minibatch of the stream, from minibatch ``skip`` on."""
-        generator = torch.Generator().manual_seed(self.seed)
-        per_pass = len(self.x) // self.batch_size
-        while True:
-            perm = torch.randperm(len(self.x), generator=generator)
-            if skip >= per_pass:
-                skip -= per_pass
+        """Row indices of every minibatch of the stream, from minibatch ``skip`` on."""
+        if self.restart_every is not None:
+            replayed = list(islice((b for p in self._passes() for b in p), self.restart_every))
+            skip %= self.restart_every
+            while True:
+                yield from replayed[skip:]
+                skip = 0
+        for minibatches in self._passes():
+            if skip >= len(minibatches):
+                skip -= len(minibatches)
                 continue
-            yield from perm[: per_pass * self.batch_size].view(per_pass, self.batch_size)[skip:]
+            yield from minibatches[skip:]
             skip = 0
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -95,7 +138,15 @@ class EndlessMinibatches(IterableDataset):
         group = self.batches_per_item * shards
         indices = self._minibatch_indices(self.start * group)
         while True:
-            idx = torch.stack(list(islice(indices, group))).view(self.batches_per_item, shards, -1)[:, rank]
+            minibatches = list(islice(indices, group))
+            if len({len(b) for b in minibatches}) > 1:
+                raise ConfigError(
+                    "`data.order` loader keeps each pass's last, smaller minibatch, which cannot be stacked "
+                    f"with full ones into a step of {group} minibatches (`data.batches_per_step` x "
+                    "processes): "
+                    "use `data.order` reshuffle, or `data.restart_every` no longer than a pass."
+                )
+            idx = torch.stack(minibatches).view(self.batches_per_item, shards, -1)[:, rank]
             idx = idx[0] if self.batches_per_item == 1 else idx
             yield self.x[idx], self.y[idx]
 
@@ -113,6 +164,12 @@ class MNISTDataModule(L.LightningDataModule):
         batches_per_step: training minibatches per training step; above 1 each training
             batch stacks them, ``x[k, batch_size, 784]``, ``y[k, batch_size]`` (meta-training
             consumes ``unroll * tasks_per_step`` minibatches per step).
+        normalize: inputs ``(pixel/255 - 0.1307) / 0.3081``; ``False``: raw pixels in ``[0, 1]``
+            (the paper).
+        order: ``reshuffle`` (full minibatches, a pass's remainder dropped) or ``loader`` (the
+            paper: exactly a shuffling ``DataLoader``'s minibatches, :class:`EndlessMinibatches`).
+        restart_every: replay the first ``restart_every`` minibatches of the order over and over
+            (the paper's meta-training: 200, every trajectory sees the same ones); ``None``: no replay.
 
     Under DDP every process draws the same stream and keeps its share
     (``EndlessMinibatches.shard``). The number of training batches handed to the model is
@@ -128,6 +185,9 @@ class MNISTDataModule(L.LightningDataModule):
         seed: int | None = None,
         download: bool = True,
         batches_per_step: int = 1,
+        normalize: bool = True,
+        order: MinibatchOrder = "reshuffle",
+        restart_every: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or eval_batch_size <= 0:
@@ -144,20 +204,21 @@ class MNISTDataModule(L.LightningDataModule):
         self.seed = seed
         self.download = download
         self.batches_per_step = batches_per_step
+        self.normalize, self.order, self.restart_every = normalize, order, restart_every
+        EndlessMinibatches(torch.zeros(1, 1), torch.zeros(1), 1, 0, order=order, restart_every=restart_every)
         self.train_batches = 0  # training batches handed to the model so far (resumes the stream)
         self.train_seed: int | None = None
 
     def prepare_data(self) -> None:
-        load_mnist(self.data_dir, True, self.download)
-        load_mnist(self.data_dir, False, self.download)
+        self.train_tensors, self.test_tensors  # noqa: B018 - loads (or downloads) both splits
 
     @property
     def train_tensors(self) -> tuple[Tensor, Tensor]:
-        return load_mnist(self.data_dir, True, self.download)
+        return load_mnist(self.data_dir, True, self.download, self.normalize)
 
     @property
     def test_tensors(self) -> tuple[Tensor, Tensor]:
-        return load_mnist(self.data_dir, False, self.download)
+        return load_mnist(self.data_dir, False, self.download, self.normalize)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_seed is None:
@@ -167,6 +228,7 @@ class MNISTDataModule(L.LightningDataModule):
         minibatches = EndlessMinibatches(
             *self.train_tensors, self.batch_size, self.train_seed,
             batches_per_item=self.batches_per_step, shard=shard, start=self.train_batches,
+            order=self.order, restart_every=self.restart_every,
         )
         return DataLoader(minibatches, batch_size=None)
 

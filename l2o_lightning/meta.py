@@ -82,6 +82,9 @@ class MetaProgress:
             logging step of a truncation is ``batches - 1`` while it runs.
         diverged: truncations skipped because they diverged; ``diverged_in_a_row`` counts
             the current streak.
+        trajectory_loss: ``sum_t L_t`` of the current round so far (mean over its tasks).
+        epoch_loss, epoch_rounds: the summed ``trajectory_loss`` of the rounds completed in the
+            current epoch, and their number.
     """
 
     seed: int
@@ -89,6 +92,9 @@ class MetaProgress:
     batches: int = 0
     diverged: int = 0
     diverged_in_a_row: int = 0
+    trajectory_loss: float = 0.0
+    epoch_loss: float = 0.0
+    epoch_rounds: int = 0
 
 
 class MetaTrainModule(L.LightningModule):
@@ -98,7 +104,10 @@ class MetaTrainModule(L.LightningModule):
     optimization). Logs per truncation, averaged over processes: ``meta/loss`` (the
     meta-objective), ``meta/optimizee_loss`` (mean step loss), ``meta/trajectory_step``
     (optimizee step at its end), ``meta/trajectory`` (trajectories started, over all tasks and
-    processes) and ``meta/diverged`` (truncations skipped so far). Each validation (test)
+    processes) and ``meta/diverged`` (truncations skipped so far); after every
+    ``epoch_trajectories`` completed trajectories, ``meta/epoch_loss``: their mean summed
+    optimizee loss ``sum_t L_t`` over the ``n_iters`` steps (the paper keeps the epoch with the
+    lowest; a ``ModelCheckpoint`` can monitor it). Each validation (test)
     trains ``eval_tasks`` fresh optimizees for ``val_n_iters`` (``test_n_iters``) steps and logs
     ``val/final_loss``, ``val/mean_loss`` (the optimizee training loss at the last step and
     averaged over the trajectory, mean over tasks), ``val/final_test_loss``,
@@ -125,6 +134,8 @@ class MetaTrainModule(L.LightningModule):
             run stops after ``ceil(trajectories / (tasks_per_step * processes))`` rounds of
             ``n_iters / unroll`` meta-steps; ``None`` leaves the length to ``trainer.max_steps``.
         max_diverged_in_a_row: diverged truncations in a row that stop the run.
+        epoch_trajectories: completed trajectories (over all tasks and processes) per
+            ``meta/epoch_loss`` (paper: 20).
         eval_tasks: optimizees per validation / test.
         val_n_iters, test_n_iters: their trajectory lengths.
         eval_seed: seed of their initialisations and minibatches; keep it apart from
@@ -152,6 +163,7 @@ class MetaTrainModule(L.LightningModule):
         grad_clip: float | None = None,
         trajectories: int | None = None,
         max_diverged_in_a_row: int = 5,
+        epoch_trajectories: int = 20,
         eval_tasks: int = 5,
         val_n_iters: int = 200,
         test_n_iters: int = 1000,
@@ -163,6 +175,7 @@ class MetaTrainModule(L.LightningModule):
         validate_meta_args(
             unroll=unroll, n_iters=n_iters, tasks_per_step=tasks_per_step, meta_loss=meta_loss,
             trajectories=trajectories, max_diverged_in_a_row=max_diverged_in_a_row, eval_tasks=eval_tasks,
+            epoch_trajectories=epoch_trajectories,
             val_n_iters=val_n_iters, test_n_iters=test_n_iters,
         )
         # evaluation settings stay out of the checkpoint's hyperparameters: `l2o test --ckpt_path`
@@ -251,8 +264,26 @@ class MetaTrainModule(L.LightningModule):
         optimizer.step()
         self.trajectory = trajectory.detach()
         self.progress.diverged_in_a_row = 0
-        self.log_truncation(metrics, trajectory.step)
+        self.log_truncation({**metrics, **self.count_trajectory_loss(step_losses)}, trajectory.step)
         return loss.detach()
+
+    def count_trajectory_loss(self, step_losses: Tensor) -> dict[str, float]:
+        """Add a finished truncation's ``sum_t L_t`` (mean over tasks) to its trajectory's; when
+        the trajectory ends, to the epoch's; ``{"meta/epoch_loss": mean over the epoch's
+        trajectories}`` when the epoch ends, else ``{}``."""
+        progress = self.progress
+        progress.trajectory_loss += step_losses.detach().sum(0).mean().item()
+        if self.trajectory.step < self.hparams.n_iters:
+            return {}
+        progress.epoch_loss += progress.trajectory_loss
+        progress.epoch_rounds += 1
+        progress.trajectory_loss = 0.0
+        tasks_total = self.hparams.tasks_per_step * self.trainer.world_size
+        if progress.epoch_rounds * tasks_total < self.hparams.epoch_trajectories:
+            return {}
+        epoch_loss = progress.epoch_loss / progress.epoch_rounds
+        progress.epoch_loss, progress.epoch_rounds = 0.0, 0
+        return {"meta/epoch_loss": epoch_loss}
 
     def skip_diverged(self, metrics: dict[str, Tensor], trajectory_step: int) -> None:
         """Count a diverged truncation (logging its non-finite metrics as they are) and drop its
@@ -261,6 +292,7 @@ class MetaTrainModule(L.LightningModule):
         progress, limit = self.progress, self.hparams.max_diverged_in_a_row
         progress.diverged += 1
         progress.diverged_in_a_row += 1
+        progress.trajectory_loss = 0.0
         self.trajectory = None
         self.log_truncation(metrics, trajectory_step)
         if progress.diverged_in_a_row >= limit:
@@ -465,6 +497,8 @@ def validate_meta_args(**settings: int | str | None) -> None:
         raise ConfigError(f"unknown `model.meta_loss` {settings['meta_loss']!r}; allowed: sum, log_sum.")
     if settings["trajectories"] is not None and settings["trajectories"] <= 0:
         raise ConfigError(f"`model.trajectories` must be positive or null, got {settings['trajectories']}.")
-    for name in ("tasks_per_step", "max_diverged_in_a_row", "eval_tasks", "val_n_iters", "test_n_iters"):
+    names = ("tasks_per_step", "max_diverged_in_a_row", "eval_tasks", "val_n_iters", "test_n_iters",
+             "epoch_trajectories")
+    for name in names:
         if settings[name] <= 0:
             raise ConfigError(f"`model.{name}` must be positive, got {settings[name]}.")

@@ -21,25 +21,30 @@ from l2o_lightning.learned import LSTMState
 from l2o_lightning.optimizees import MLP
 
 MetaLossKind = Literal["sum", "log_sum"]
+PenaltyForm = Literal["abs_sum", "sum_abs"]
 # (params theta [tasks, D] with graph, gradient g detached, update u with graph, the LSTM state
 # u was computed from) -> meta-loss term
 StepHook = Callable[[Tensor, Tensor, Tensor, LSTMState], Tensor]
 
 class SymmetryReg(TypedDict, total=False):
-    """The symmetry-breaking regularizer (paper Fig. 2): ``beta`` times the ``sum_abs``
-    deviation of the L2O's updates from the constraints of the symmetries in ``kinds``."""
+    """The symmetry-breaking regularizer (paper Fig. 2): ``beta`` times the deviation of the
+    L2O's updates from the constraints of the symmetries in ``kinds``, in ``form`` ``abs_sum``
+    (``|sum_j d_j|``, the paper's) or ``sum_abs`` (``sum_j |d_j|``, the default)."""
 
     beta: float
     kinds: list[str]
+    form: PenaltyForm
 
 
 def symmetry_penalty(
-    update: Tensor, params: Tensor, optimizee: MLP, kinds: list[str], beta: float
+    update: Tensor, params: Tensor, optimizee: MLP, kinds: list[str], beta: float, form: PenaltyForm
 ) -> Tensor:
-    """``beta * sum_kinds sum_j |<v_j, theta_tilde_j>|`` with ``v = -u``, mean over tasks;
-    differentiable in ``update`` and ``params`` (``[tasks, D]`` each)."""
-    deviations = symmetry_deviations(-update, params, optimizee.symmetry_groups(), optimizee.layout)
-    return beta * sum(deviations[kind].sum_abs for kind in kinds).mean()
+    """``beta * sum_kinds |sum_j d_j|`` (``abs_sum``) or ``beta * sum_kinds sum_j |d_j|``
+    (``sum_abs``), ``d_j = <v_j, theta_tilde_j>`` with ``v = -u``, mean over tasks;
+    differentiable in ``update`` (``[tasks, D]``). The constraint vectors ``theta_tilde`` are
+    built from the detached ``params``: the penalty judges the update, not the point."""
+    deviations = symmetry_deviations(-update, params.detach(), optimizee.symmetry_groups(), optimizee.layout)
+    return beta * sum(getattr(deviations[kind], form) for kind in kinds).mean()
 
 
 @dataclass
@@ -176,16 +181,18 @@ def run_trajectories(
 
 
 def validate_symmetry_reg(symmetry_reg: SymmetryReg | None, optimizee: MLP) -> dict | None:
-    """``{beta, kinds}`` with defaults filled in, ``None`` when it adds nothing; a
-    :class:`ConfigError` naming ``model.symmetry_reg`` for a negative ``beta`` or a kind the
-    optimizee does not have."""
+    """``{beta, kinds, form}`` with defaults filled in, ``None`` when it adds nothing; a
+    :class:`ConfigError` naming ``model.symmetry_reg`` for a negative ``beta``, a kind the
+    optimizee does not have or an unknown form."""
     if not symmetry_reg or not symmetry_reg.get("beta"):
         return None
     beta, kinds = float(symmetry_reg["beta"]), list(symmetry_reg.get("kinds", ["rescale"]))
+    form = symmetry_reg.get("form", "sum_abs")
     available = sorted({group.kind for group in optimizee.symmetry_groups()})
-    if beta < 0 or not kinds or not set(kinds) <= set(available):
+    if beta < 0 or not kinds or not set(kinds) <= set(available) or form not in ("abs_sum", "sum_abs"):
         raise ConfigError(
-            f"invalid `model.symmetry_reg` (beta={beta}, kinds={kinds}): beta must be >= 0 and "
-            f"kinds a non-empty subset of this optimizee's symmetries {available}."
+            f"invalid `model.symmetry_reg` (beta={beta}, kinds={kinds}, form={form!r}): beta must be "
+            f">= 0, kinds a non-empty subset of this optimizee's symmetries {available} and form "
+            "abs_sum or sum_abs."
         )
-    return {"beta": beta, "kinds": kinds}
+    return {"beta": beta, "kinds": kinds, "form": form}

@@ -136,7 +136,8 @@ def test_symmetry_reg_settings_are_validated_against_the_optimizee():
     leaky, bn = MLP(hidden=[4]), MLP(hidden=[4], activation="relu", batchnorm=True)
     assert validate_symmetry_reg(None, leaky) is None
     assert validate_symmetry_reg({"beta": 0.0}, leaky) is None
-    assert validate_symmetry_reg({"beta": 0.5}, leaky) == {"beta": 0.5, "kinds": ["rescale"]}
+    expected = {"beta": 0.5, "kinds": ["rescale"], "form": "sum_abs"}
+    assert validate_symmetry_reg({"beta": 0.5}, leaky) == expected
     assert validate_symmetry_reg({"beta": 1, "kinds": ["scale"]}, bn)["kinds"] == ["scale"]
     with pytest.raises(ConfigError, match=r"model.symmetry_reg.*\['rescale', 'translation'\]"):
         validate_symmetry_reg({"beta": 1.0, "kinds": ["scale"]}, leaky)
