@@ -1,18 +1,22 @@
-"""Optimizee steps per second: meta-training the LSTM optimizer, meta-testing with
-:class:`~l2o_lightning.optim.L2O`, and a plain Adam step, on the paper's MLP (784-20-10,
-batch 128), data in memory, one process. Not a test.
+"""Optimizee steps per second: meta-training the LSTM optimizer (ours, and the original
+study's code shape), meta-testing with :class:`~l2o_lightning.optim.L2O`, and a plain Adam
+step, on the paper's MLP (784-20-10, batch 128), data in memory, one process. Not a test.
 
-Usage: python benchmarks/bench_meta.py [--threads N] [--repeats R] [--compile]
+Usage: python benchmarks/bench_meta.py [--threads N] [--repeats R] [--compile] [--smoke]
 
 Times per optimizee step are the median and the best of ``repeats`` round-robin
 measurements (the best is the least disturbed by other processes on a shared machine);
-ratios divide by the Adam step. ``--compile`` adds meta-training with ``compile: true``
-and checks that it computes the same meta-loss and meta-gradient.
+ratios divide by the Adam step, and meta-training's speed-up by the original-shaped
+meta-training (:class:`OriginalShapedRun`: a loop over parameter tensors and a full
+``backward(retain_graph=True)`` at every step, as the original ``do_fit``). ``--compile``
+adds meta-training with ``compile: true`` and checks that it computes the same meta-loss and
+meta-gradient. ``--smoke`` runs every measurement once, in seconds (the test suite does).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import tempfile
 import time
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from l2o_lightning.data import load_mnist, resolve_data_dir
-from l2o_lightning.learned import LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.learned import LSTMOptimizerNet, LSTMState, checkpoint_entry
 from l2o_lightning.optim import L2O
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.unroll import Trajectory, learned_step, meta_objective, unroll_truncation
@@ -123,6 +127,53 @@ class MetaTrainRun:
         return loss.detach()
 
 
+class OriginalShapedRun:
+    """Meta-training shaped like the original study's ``do_fit``: the optimizee is an
+    ``nn.Module`` whose parameters carry the graph, every step calls
+    ``loss.backward(retain_graph=True)`` through the whole truncation so far, then feeds each
+    parameter tensor's (detached) gradient to the LSTM in its own call, writing the new states
+    into slices of fresh state tensors; the meta-loss ``sum_t L_t`` is back-propagated at the
+    truncation's end. The same LSTM and formulas as ours, so only the code shape differs."""
+
+    def __init__(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
+        torch.manual_seed(0)
+        self.net = LSTMOptimizerNet()
+        self.meta_optimizer = torch.optim.Adam(self.net.parameters(), lr=0.01)
+        self.xs, self.ys, self.step = xs, ys, 0
+        self.model = MLP()
+        self.params = {n: p.detach().clone().requires_grad_() for n, p in self.model.named_parameters()}
+        coords = sum(p.numel() for p in self.params.values())
+        self.state = self.net.initial_state((coords,))
+
+    def truncation(self, unroll: int) -> torch.Tensor:
+        params, state, total = dict(self.params), self.state, 0.0
+        for _ in range(unroll):
+            x, y = self.xs[self.step % POOL], self.ys[self.step % POOL]
+            self.step += 1
+            for p in params.values():
+                p.retain_grad()  # every step's parameters are new tensors: their .grad starts empty
+            loss = F.cross_entropy(torch.func.functional_call(self.model, params, (x,)), y)
+            loss.backward(retain_graph=True)
+            total = total + loss
+            h = torch.zeros_like(state.h)
+            c = torch.zeros_like(state.c)
+            offset, new_params = 0, {}
+            for name, p in params.items():
+                size = p.numel()
+                part = LSTMState(state.h[:, offset : offset + size], state.c[:, offset : offset + size])
+                update, new = self.net(p.grad.detach().reshape(size), part)
+                h[:, offset : offset + size], c[:, offset : offset + size] = new.h, new.c
+                new_params[name] = p + update.view_as(p)
+                offset += size
+            params, state = new_params, LSTMState(h, c)
+        self.meta_optimizer.zero_grad()
+        total.backward()
+        self.meta_optimizer.step()
+        self.params = {n: p.detach().requires_grad_() for n, p in params.items()}
+        self.state = state.detach()
+        return total.detach()
+
+
 def retained_bytes_per_step(run: MetaTrainRun, unroll: int) -> float:
     """Bytes of the tensors the autograd graph of one truncation saves for backward
     (each storage counted once), divided by ``unroll``."""
@@ -185,7 +236,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--compile", action="store_true", help="also time compile: true")
+    parser.add_argument("--smoke", action="store_true", help="every measurement once, in seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
@@ -197,11 +251,13 @@ def main() -> None:
         torch.save({"l2o": checkpoint_entry(LSTMOptimizerNet())}, checkpoint)
         adam = TorchOptimizerRun(lambda p: torch.optim.Adam(p, lr=0.03), xs, ys)
         l2o = TorchOptimizerRun(lambda p: L2O(p, str(checkpoint)), xs, ys)
-    meta = MetaTrainRun(xs, ys)
+    meta, original = MetaTrainRun(xs, ys), OriginalShapedRun(xs, ys)
+    unroll = 4 if args.smoke else 20
     runs = {
-        "Adam step": (adam.step, 200, 1),
-        "L2O meta-testing": (l2o.step, 20, 1),
-        "meta-training": (lambda: meta.truncation(20), 1, 20),
+        "Adam step": (adam.step, 20 if args.smoke else 200, 1),
+        "L2O meta-testing": (l2o.step, 2 if args.smoke else 20, 1),
+        "meta-training": (lambda: meta.truncation(unroll), 1, unroll),
+        "original-shaped": (lambda: original.truncation(unroll), 1, unroll),
     }
     if args.compile:
         compiled = MetaTrainRun(xs, ys, compile=True)
@@ -214,6 +270,13 @@ def main() -> None:
     for name, (median, best) in rows.items():
         print(f"{name:22s} {1 / median:8.1f} {median * 1e3:8.2f} {median / base_median:6.1f}x "
               f"| {best * 1e3:8.2f} {best / base_best:6.1f}x")
+    speedup = rows["original-shaped"][0] / rows["meta-training"][0]
+    l2o_ratio = rows["L2O meta-testing"][0] / base_median
+    print(f"\nmeta-training vs original-shaped: {speedup:.1f}x faster (median, one process, same run)")
+    print(f"L2O meta-test step / Adam step: {l2o_ratio:.1f}x")
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.smoke:
+        return
 
     print("\nmeta-training, best ms per step by position inside a truncation of 20 (forward):")
     profile = position_profile(meta, 20, max(3, args.repeats // 3))

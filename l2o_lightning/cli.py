@@ -38,6 +38,7 @@ class L2OCLI(LightningCLI):
             return
         if config.get("weights_only") is None:
             config["weights_only"] = True
+        _fill_run_name(config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
             _resume_logger_version(config)
@@ -63,6 +64,46 @@ def _check_checkpoint(ckpt_path: str, config) -> None:
     configured = model.get("class_path") if hasattr(model, "get") else None
     if written_by and configured and written_by != configured:
         raise ConfigError(f"{where} was written by {written_by}, but the model is {configured}; {hint}.")
+
+
+def optimizee_name(hidden: list[int], activation: str, batchnorm: bool) -> str:
+    """The study's name of an MLP optimizee: the activation, ``bn_`` before it with BatchNorm,
+    the hidden sizes after it unless they are the paper's ``[20]``.
+
+    >>> optimizee_name([20], "leaky_relu", False), optimizee_name([20], "relu", True)
+    ('leaky_relu', 'bn_relu')
+    >>> optimizee_name([100, 100], "sigmoid", False)
+    'sigmoid_100_100'
+    """
+    name = f"bn_{activation}" if batchnorm else activation
+    return name if list(hidden) == [20] else "_".join([name, *map(str, hidden)])
+
+
+def _fill_run_name(config) -> None:
+    """Fill the placeholders of a TensorBoard logger's ``name``: ``{optimizee}``
+    (:func:`optimizee_name` of the model's settings), ``{optimizer}`` (the optimizer's class
+    name, lower case) and ``{config}`` (the last ``-c`` file as ``<folder>/<stem>``)."""
+    logger = config.get("trainer", {}).get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    name = init_args.get("name") if hasattr(init_args, "get") else None
+    if not isinstance(name, str) or "{" not in name:
+        return
+    model = config.get("model", {}).get("init_args", {})
+    optimizer = config.get("optimizer") or {}
+    files = [Path(str(path)) for path in config.get("config") or []]
+    fields = {
+        "optimizee": optimizee_name(model.get("hidden", [20]), model.get("activation", "leaky_relu"),
+                                    model.get("batchnorm", False)),
+        "optimizer": str(optimizer.get("class_path", "none")).rsplit(".", 1)[-1].lower(),
+        "config": f"{files[-1].parent.name}/{files[-1].stem}" if files else "none",
+    }
+    try:
+        init_args["name"] = name.format(**fields)
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(
+            f"`trainer.logger.init_args.name` {name!r} has a placeholder other than "
+            "{optimizee}, {optimizer}, {config}; use those, or a name without braces."
+        ) from None
 
 
 def _resume_logger_version(config) -> None:

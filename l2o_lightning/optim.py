@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from l2o_lightning import pretrained
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import (
     LSTMOptimizerNet,
@@ -120,15 +121,18 @@ class LionSGD(Optimizer):
 
 _CHECKPOINT_HINT = (
     "pass a checkpoint written by meta-training (`l2o fit -c configs/meta_train/leaky_relu.yaml`), e.g. "
-    "`--optimizer.checkpoint lightning_logs/meta_train/leaky_relu/version_0/checkpoints/best-step<N>.ckpt`"
+    "`--optimizer.checkpoint lightning_logs/meta_train/leaky_relu/version_0/checkpoints/best-step<N>.ckpt`, "
+    "or a shipped one, `--optimizer.checkpoint pretrained:<name>`"
 )
 
 
 def load_lstm_optimizer(checkpoint: str | Path) -> LSTMOptimizerNet:
-    """The LSTM optimizer stored under ``"l2o"`` in a meta-training checkpoint, loaded with
+    """The LSTM optimizer stored under ``"l2o"`` in a meta-training checkpoint or a shipped one
+    (``pretrained:<name>``, :mod:`l2o_lightning.pretrained`), loaded with
     ``torch.load(weights_only=True)``; a missing, truncated, corrupt, foreign or
     version-mismatched file raises :class:`ConfigError` naming the setting ``optimizer.checkpoint``."""
-    where = f"L2O checkpoint '{Path(checkpoint).expanduser()}' (setting `optimizer.checkpoint`)"
+    checkpoint = pretrained.resolve(checkpoint)
+    where = f"L2O checkpoint '{checkpoint}' (setting `optimizer.checkpoint`)"
     entry = l2o_entry(read_checkpoint(checkpoint, where, _CHECKPOINT_HINT), where, _CHECKPOINT_HINT)
     try:
         return net_from_checkpoint_entry(entry)
@@ -145,7 +149,8 @@ class L2O(Optimizer):
 
     Args:
         params: parameters to optimize.
-        checkpoint: path of a meta-training checkpoint (see :func:`load_lstm_optimizer`).
+        checkpoint: path of a meta-training checkpoint, or ``pretrained:<name>`` for a shipped
+            one (see :func:`load_lstm_optimizer`).
         out_mult: override the output multiplier stored in the checkpoint.
 
     Attributes:
