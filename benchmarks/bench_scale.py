@@ -2,7 +2,7 @@
 and with 2 DDP processes (CPU, gloo), and how long a SIGKILLed run takes to resume. Not a test.
 
 Usage: python benchmarks/bench_scale.py [--tasks 1 4 16] [--ddp-tasks 1] [--steps 6] [--unroll 20]
-                                        [--threads 1]
+                                        [--threads 1] [--smoke]
 
 Every run is a real ``l2o fit -c configs/meta_train/leaky_relu.yaml`` subprocess (the paper's
 784-20-10 MLP, batch 128, truncations of ``--unroll`` steps, no validation) with
@@ -137,7 +137,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="meta-steps per run (the first is not timed)")
     parser.add_argument("--unroll", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every process")
+    parser.add_argument("--smoke", action="store_true", help="every measurement, tiny (for the test suite)")
     args = parser.parse_args()
+    if args.smoke:
+        args.tasks, args.steps, args.unroll = [1], 3, 2
     print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, {args.threads} thread(s) "
           f"per process, unroll {args.unroll}, batch 128, MLP 784-20-10")
     with tempfile.TemporaryDirectory() as tmp:
