@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -19,35 +20,36 @@ from pathlib import Path
 from l2o_lightning import REPO_ROOT
 from l2o_lightning.data import DATA_DIR_ENV
 
-FIGURES = ("fig1", "fig2", "fig3", "hist", "lion_sgd", "generalization")
-# optimizee name -> meta-test config + overrides (the generalization targets reuse configs)
-OPTIMIZEES = {
-    "leaky_relu": ("configs/meta_test/leaky_relu.yaml",),
-    "bn_relu": ("configs/meta_test/bn_relu.yaml",),
-    "sigmoid": ("configs/meta_test/sigmoid.yaml",),
-    "relu": ("configs/meta_test/leaky_relu.yaml", "--model.init_args.activation", "relu"),
-    "two_layers": ("configs/meta_test/leaky_relu.yaml", "--model.init_args.hidden", "[20, 20]"),
-    "wide40": ("configs/meta_test/leaky_relu.yaml", "--model.init_args.hidden", "[40]"),
+FIGURES = ("fig1", "fig2", "fig3", "hist", "lion_sgd")
+# figure -> the (optimizee, optimizer) experiments it needs: configs/paper/<optimizee>/<optimizer>.yaml
+GRID: dict[str, tuple[tuple[str, str], ...]] = {
+    "fig1": tuple((o, x) for o in ("leaky_relu", "bn_relu") for x in ("l2o", "sgd", "adam", "lion")),
+    "fig2": tuple(("leaky_relu", x) for x in ("l2o", "l2o_reg_0.1", "l2o_reg_0.5", "l2o_reg_1")),
+    "fig3": tuple(("leaky_relu", x) for x in ("l2o", "sgd", "adam", "lion")),
+    "hist": tuple(("sigmoid", x) for x in ("l2o", "sgd", "adam", "lion")),
+    "lion_sgd": tuple(("sigmoid_100_100", x) for x in ("sgd", "lion", "lion_sgd_0.1", "lion_sgd_0.25",
+                                                       "lion_sgd_0.5")),
 }
-META_TEST_SEED_OFFSET = 1000  # meta-test seeds never coincide with the meta-training seed (0)
+PROTOCOLS = ("paper", "clean")
+CLEAN_SEED_OFFSET = 1000  # clean protocol: meta-test seeds and minibatch streams 1000 + k
+PRETRAINED = re.compile(r"checkpoint:\s*pretrained:(\S+)")
 
 
 @dataclass(frozen=True)
 class Preset:
-    """Budgets of one study."""
+    """Budgets of one study; ``None`` keeps the experiment config's own (the paper's)."""
 
-    trajectories: int  # meta-training budget per learned optimizer
-    test_steps: int  # optimizee steps per meta-test run
-    seeds: int  # meta-test seeds per (optimizee, optimizer)
-    probe_every: int  # probe interval in optimizee steps
-    betas: tuple[float, ...] = (0.1, 0.5, 1.0)
-    lion_weights: tuple[float, ...] = (0.1, 0.25, 0.5)
+    seeds: int  # meta-test runs per (optimizee, optimizer) and protocol
+    trajectories: int | None = None  # meta-training budget per learned optimizer
+    test_steps: int | None = None  # optimizee steps per meta-test run
     minutes: int = 0  # expected duration on 2 CPU cores
+    label: str = ""  # how the report names the study's verdicts
 
 
 PRESETS = {
-    "quick": Preset(trajectories=40, test_steps=200, seeds=2, probe_every=10, minutes=25),
-    "paper": Preset(trajectories=1000, test_steps=1000, seeds=5, probe_every=10, minutes=600),
+    "quick": Preset(seeds=2, trajectories=40, test_steps=200, minutes=40,
+                    label="smoke run (--preset quick: 40 trajectories, 200-step meta-tests, 2 runs)"),
+    "paper": Preset(seeds=3, minutes=900, label="paper budget (1000 trajectories, 1000-step meta-tests)"),
 }
 
 
@@ -56,7 +58,8 @@ class Job:
     """One ``l2o`` invocation of the study.
 
     Attributes:
-        name: unique relative path; meta-test jobs are ``logs/<optimizee>/<optimizer>/<seed>``.
+        name: unique relative path; meta-test jobs are
+            ``logs/<protocol>/<optimizee>/<optimizer>/seed<k>``.
         args: the ``l2o`` arguments.
         checkpoint_of: the meta-training job whose checkpoint ``args`` refer to (``None``: none).
     """
@@ -73,18 +76,24 @@ class Job:
         return "l2o " + shlex.join(self.args)
 
 
-def _beta_label(beta: float) -> str:
-    return f"l2o_beta{beta:g}"
+def experiment_config(optimizee: str, optimizer: str) -> str:
+    """The experiment's config, relative to the repository root."""
+    return f"configs/paper/{optimizee}/{optimizer}.yaml"
 
 
-def meta_train_job(out: Path, optimizee: str, beta: float, preset: Preset) -> Job:
-    """Meta-train an L2O on ``optimizee`` (``leaky_relu``/``bn_relu``), regularized when ``beta > 0``."""
-    name = f"meta_train/{optimizee}" + (f"_beta{beta:g}" if beta else "")
-    config = f"configs/meta_train/{optimizee}{'_reg' if beta else ''}.yaml"
-    args = ["fit", "-c", config, "--model.init_args.trajectories", str(preset.trajectories),
-            "--seed_everything", "0", *_logger_args(out, name)]
-    if beta:
-        args += ["--model.init_args.symmetry_reg.beta", f"{beta:g}"]
+def learned_optimizer_of(config: str) -> str | None:
+    """The shipped learned optimizer an experiment config loads (``pretrained:<name>``), which
+    ``configs/paper/meta_train/<name>.yaml`` meta-trains; ``None`` for a baseline."""
+    match = PRETRAINED.search((REPO_ROOT / config).read_text())
+    return match.group(1) if match else None
+
+
+def meta_train_job(out: Path, learned: str, preset: Preset) -> Job:
+    """Meta-train ``configs/paper/meta_train/<learned>.yaml`` (budget: the preset's, else the config's)."""
+    name = f"meta_train/{learned}"
+    args = ["fit", "-c", f"configs/paper/meta_train/{learned}.yaml", *_logger_args(out, name)]
+    if preset.trajectories is not None:
+        args += ["--model.init_args.trajectories", str(preset.trajectories)]
     return Job(name, tuple(args))
 
 
@@ -94,8 +103,8 @@ def checkpoint_path(out: Path, meta_train: str) -> Path:
 
 
 def publish_best_checkpoint(out: Path, meta_train: str) -> None:
-    """Copy the meta-training run's best-validation checkpoint (``best-step<N>.ckpt``, else
-    ``last.ckpt``) to :func:`checkpoint_path`."""
+    """Copy the meta-training run's best checkpoint (``best-step<N>.ckpt``: the epoch of lowest
+    meta-training loss, else ``last.ckpt``) to :func:`checkpoint_path`."""
     folder = out / meta_train / "checkpoints"
     candidates = sorted(folder.glob("best-step*.ckpt")) or sorted(folder.glob("last.ckpt"))
     if candidates:
@@ -109,78 +118,55 @@ def _logger_args(out: Path, name: str) -> list[str]:
             "--trainer.enable_model_summary", "false"]
 
 
+def seed_args(protocol: str, run: int) -> list[str]:
+    """Seeds of meta-test run ``run``. ``paper``: ``seed_everything run`` and the configs'
+    shared seed-0 minibatch sequence (the one meta-training replayed); ``clean``: seed and
+    minibatch stream ``1000 + run``, which no meta-training saw."""
+    if protocol == "paper":
+        return ["--seed_everything", str(run)]
+    seed = str(CLEAN_SEED_OFFSET + run)
+    return ["--seed_everything", seed, "--data.seed", seed]
+
+
 def meta_test_job(
-    out: Path, preset: Preset, optimizee: str, label: str, seed: int,
-    optimizer_args: Iterable[str], checkpoint_of: str | None = None, probes: bool = True,
+    out: Path, preset: Preset, protocol: str, optimizee: str, optimizer: str, run: int,
+    checkpoint_of: str | None = None,
 ) -> Job:
-    """Meta-test one optimizer on one optimizee with one seed (probes on when ``probes``)."""
-    config, *overrides = OPTIMIZEES[optimizee]
-    name = f"logs/{optimizee}/{label}/seed{seed}"
-    args = ["fit", "-c", config, *overrides, *optimizer_args]
-    if probes:
-        args += ["-c", "configs/probes/all.yaml"]
-    steps = preset.test_steps
-    args += ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-             "--seed_everything", str(META_TEST_SEED_OFFSET + seed), *_logger_args(out, name)]
+    """Meta-test one experiment config with one run's seeds under ``protocol``."""
+    name = f"logs/{protocol}/{optimizee}/{optimizer}/seed{run}"
+    args = ["fit", "-c", experiment_config(optimizee, optimizer), *seed_args(protocol, run)]
+    if preset.test_steps is not None:
+        args += ["--trainer.max_steps", str(preset.test_steps), "--trainer.val_check_interval",
+                 str(preset.test_steps)]
+    args += _logger_args(out, name)
     if checkpoint_of:
-        args += ["--optimizer.checkpoint", str(checkpoint_path(out, checkpoint_of))]
+        args += ["--optimizer.init_args.checkpoint", str(checkpoint_path(out, checkpoint_of))]
     return Job(name, tuple(args), checkpoint_of)
 
 
-def _baseline(name: str) -> tuple[str, ...]:
-    return ("-c", f"configs/optimizers/{name}.yaml")
-
-
-def plan(preset: Preset, out: Path, seeds: int | None = None, only: Iterable[str] = FIGURES) -> list[Job]:
-    """Every job of the study for the figures in ``only``, meta-training first, no duplicates."""
-    only = set(only)
-    unknown = only - set(FIGURES)
+def plan(
+    preset: Preset, out: Path, seeds: int | None = None, only: Iterable[str] = FIGURES,
+    protocols: Iterable[str] = ("paper",), pretrained: bool = False,
+) -> list[Job]:
+    """Every job of the study for the figures in ``only`` and the ``protocols``, meta-training
+    first (none with ``pretrained``: the configs' shipped learned optimizers), no duplicates."""
+    only, protocols = set(only), list(protocols)
+    unknown = (only - set(FIGURES)) | (set(protocols) - set(PROTOCOLS))
     if unknown:
-        raise ValueError(f"unknown figure(s) {sorted(unknown)} in --only; choose from {', '.join(FIGURES)}")
-    n_seeds = seeds or preset.seeds
-    l2o = _baseline("l2o")
+        raise ValueError(f"unknown figure(s) or protocol(s) {sorted(unknown)}; choose figures from "
+                         f"{', '.join(FIGURES)} and protocols from {', '.join(PROTOCOLS)}")
+    experiments = dict.fromkeys(e for figure in FIGURES if figure in only for e in GRID[figure])
     train: dict[str, Job] = {}
-    tests: dict[str, Job] = {}
-
-    def learned(optimizee: str, beta: float = 0.0) -> str:
-        job = meta_train_job(out, optimizee, beta, preset)
-        train.setdefault(job.name, job)
-        return job.name
-
-    def add(job: Job) -> None:
-        tests.setdefault(job.name, job)
-
-    def grid(optimizee: str, optimizers: Iterable[str], n: int = n_seeds, probes: bool = True) -> None:
-        for seed in range(n):
-            for name in optimizers:
-                if name == "l2o":
-                    add(meta_test_job(out, preset, optimizee, "l2o", seed, l2o, learned(optimizee), probes))
-                else:
-                    add(meta_test_job(out, preset, optimizee, name, seed, _baseline(name), probes=probes))
-
-    if only & {"fig1", "fig3", "hist"}:
-        for optimizee in ("leaky_relu", "bn_relu") if "fig1" in only else ("leaky_relu",):
-            grid(optimizee, ("l2o", "sgd", "adam", "lion"))
-    if "fig2" in only:
-        grid("leaky_relu", ("l2o", "sgd", "adam", "lion"))
-        for beta in preset.betas:
-            for seed in range(n_seeds):
-                add(meta_test_job(out, preset, "leaky_relu", _beta_label(beta), seed, l2o,
-                                  learned("leaky_relu", beta)))
-    if "lion_sgd" in only:
-        grid("leaky_relu", ("sgd", "lion"))
-        for weight in preset.lion_weights:
-            for seed in range(n_seeds):
-                add(meta_test_job(out, preset, "leaky_relu", f"lion_sgd_{weight:g}", seed,
-                                  (*_baseline("lion_sgd"), "--optimizer.lion_weight", f"{weight:g}")))
-    if "generalization" in only:
-        for target in OPTIMIZEES:
-            grid(target, ("adam",), n=1, probes=False)
-            for source in ("leaky_relu", "bn_relu"):
-                label = "l2o" if source == target else f"l2o_from_{source}"
-                if f"logs/{target}/{label}/seed0" not in tests:
-                    add(meta_test_job(out, preset, target, label, 0, l2o, learned(source), probes=False))
-    return [*train.values(), *tests.values()]
+    tests: list[Job] = []
+    for protocol in protocols:
+        for run in range(seeds or preset.seeds):
+            for optimizee, optimizer in experiments:
+                learned = learned_optimizer_of(experiment_config(optimizee, optimizer))
+                trained_by = None
+                if learned and not pretrained:
+                    trained_by = train.setdefault(learned, meta_train_job(out, learned, preset)).name
+                tests.append(meta_test_job(out, preset, protocol, optimizee, optimizer, run, trained_by))
+    return [*train.values(), *tests]
 
 
 class Study:
@@ -250,13 +236,50 @@ def _run_l2o(args: list[str]) -> int:
     return 0
 
 
+def without_missing_pretrained(jobs: list[Job]) -> tuple[list[Job], set[str]]:
+    """The jobs whose shipped learned optimizer exists, and the names of those that do not."""
+    from l2o_lightning import pretrained
+
+    shipped, kept, missing = set(pretrained.available()), [], set()
+    for job in jobs:
+        learned = learned_optimizer_of(job.args[job.args.index("-c") + 1])
+        if learned and learned not in shipped:
+            missing.add(learned)
+        else:
+            kept.append(job)
+    return kept, missing
+
+
+def report(out: Path, protocols: list[str], preset: Preset) -> None:
+    """One report per protocol under ``out/report/<protocol>`` and, with both, their verdicts
+    side by side in ``out/report/protocols.md``."""
+    from l2o_lightning.report import build_report, write_protocol_comparison
+
+    verdicts = {}
+    for protocol in protocols:
+        label = f"{protocol} protocol, {preset.label}"
+        verdicts[protocol] = build_report(out / "logs" / protocol, out / "report" / protocol, label=label)
+        print(f"\n{label}:")
+        for verdict in verdicts[protocol]:
+            print(verdict)
+    if len(verdicts) > 1:
+        write_protocol_comparison(verdicts, out / "report" / "protocols.md")
+    print(f"report: {out / 'report'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="l2o-reproduce", description=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--out", default="reproduce", help="study directory (logs, checkpoints, report)")
-    parser.add_argument("--seeds", type=int, default=None, help="meta-test seeds (default: the preset's)")
+    parser.add_argument("--seeds", type=int, default=None, help="meta-test runs (default: the preset's)")
     parser.add_argument("--only", default=",".join(FIGURES),
                         help=f"comma-separated subset of: {', '.join(FIGURES)}")
+    parser.add_argument("--protocol", choices=[*PROTOCOLS, "both"], default="paper",
+                        help="paper: the original's shared seed-0 minibatch sequence and seeds 0..; clean: "
+                             "fresh streams and seeds 1000.. no meta-training saw; both: each, side by side")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="meta-test the shipped learned optimizers (pretrained:<name>) instead of "
+                             "meta-training them")
     parser.add_argument("--trajectories", type=int, default=None,
                         help="meta-training budget per learned optimizer (default: the preset's)")
     args = parser.parse_args(argv)
@@ -270,22 +293,29 @@ def main(argv: list[str] | None = None) -> None:
         )
     if os.environ.get(DATA_DIR_ENV):  # the runs start in REPO_ROOT: keep a relative data root valid
         os.environ[DATA_DIR_ENV] = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # small ops: threads spin against each other
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out = Path(args.out).resolve()
+    protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
     try:
-        jobs = plan(preset, out, args.seeds, [f for f in args.only.split(",") if f])
+        jobs = plan(preset, out, args.seeds, [f for f in args.only.split(",") if f], protocols,
+                    pretrained=args.pretrained)
     except ValueError as err:
         parser.error(str(err))
+    if args.pretrained:
+        jobs, missing = without_missing_pretrained(jobs)
+        if missing:
+            print(f"not shipped, so not meta-tested: {', '.join(sorted(missing))} (meta-train them with "
+                  "configs/paper/meta_train/<name>.yaml, or run without --pretrained)", file=sys.stderr)
     study = Study(out)
     todo = sum(not study.is_done(job) for job in jobs)
-    print(f"l2o-reproduce --preset {args.preset}: {len(jobs)} runs ({todo} to do), "
-          f"expected about {preset.minutes} min for the full study on 2 CPU cores; results in {out}; "
-          f"commands run from {REPO_ROOT}")
+    print(f"l2o-reproduce --preset {args.preset} --protocol {args.protocol}: {len(jobs)} runs "
+          f"({todo} to do), expected about {preset.minutes} min for the full study on 2 CPU cores; "
+          f"results in {out}; commands run from {REPO_ROOT}")
     failed = study.run(jobs)
-    from l2o_lightning.report import build_report
-
-    for verdict in build_report(out / "logs", out / "report"):
-        print(verdict)
-    print(f"report: {out / 'report'}")
+    report(out, protocols, preset)
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(j.name for j in failed), file=sys.stderr)
         sys.exit(1)

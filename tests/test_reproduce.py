@@ -5,50 +5,75 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from l2o_lightning.reproduce import FIGURES, PRESETS, Study, _run_l2o, checkpoint_path, plan
+from l2o_lightning.reproduce import FIGURES, GRID, PRESETS, PROTOCOLS, Study, _run_l2o, checkpoint_path, plan
 
 
 def _configs(job):
     return [job.args[i + 1] for i, a in enumerate(job.args) if a == "-c"]
 
 
+def _value(job, flag):
+    return job.args[job.args.index(flag) + 1]
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_plan_is_complete_consistent_and_pure(preset, tmp_path):
-    jobs = plan(PRESETS[preset], tmp_path)
-    assert jobs == plan(PRESETS[preset], tmp_path)
+    jobs = plan(PRESETS[preset], tmp_path, protocols=PROTOCOLS)
+    assert jobs == plan(PRESETS[preset], tmp_path, protocols=PROTOCOLS)
     names = [job.name for job in jobs]
     assert len(names) == len(set(names))
     trained = {job.name for job in jobs if job.name.startswith("meta_train/")}
-    assert trained == {"meta_train/leaky_relu", "meta_train/bn_relu", "meta_train/leaky_relu_beta0.1",
-                       "meta_train/leaky_relu_beta0.5", "meta_train/leaky_relu_beta1"}
+    assert trained == {"meta_train/leaky_relu", "meta_train/bn_relu", "meta_train/sigmoid",
+                       "meta_train/leaky_relu_reg_0.1", "meta_train/leaky_relu_reg_0.5",
+                       "meta_train/leaky_relu_reg_1"}
     first_test = next(i for i, job in enumerate(jobs) if job.name.startswith("logs/"))
     assert all(job.name.startswith("meta_train/") for job in jobs[:first_test])
     for job in jobs:
         assert all((REPO / config).exists() for config in _configs(job)), job.command()
         if job.checkpoint_of:
             assert job.checkpoint_of in trained
-            assert str(checkpoint_path(tmp_path, job.checkpoint_of)) in job.args
-    seeds = {n.rsplit("/", 1)[1] for n in names if n.startswith("logs/leaky_relu/adam/")}
-    assert len(seeds) == PRESETS[preset].seeds
-    optimizers = {n.split("/")[2] for n in names if n.startswith("logs/leaky_relu/")}
-    assert {"l2o", "sgd", "adam", "lion", "l2o_beta0.1", "l2o_beta1", "lion_sgd_0.25",
-            "l2o_from_bn_relu"} <= optimizers
+            expected = str(checkpoint_path(tmp_path, job.checkpoint_of))
+            assert _value(job, "--optimizer.init_args.checkpoint") == expected
+    for protocol in PROTOCOLS:
+        runs = {n.rsplit("/", 1)[1] for n in names if n.startswith(f"logs/{protocol}/leaky_relu/adam/")}
+        assert len(runs) == PRESETS[preset].seeds
+    cells = {tuple(n.split("/")[2:4]) for n in names if n.startswith("logs/paper/")}
+    assert cells == {cell for figure in GRID.values() for cell in figure}
+    assert {("bn_relu", "l2o"), ("sigmoid", "l2o"), ("leaky_relu", "l2o_reg_1"),
+            ("sigmoid_100_100", "lion_sgd_0.25")} <= cells
 
 
-def test_paper_preset_uses_the_paper_budgets(tmp_path):
+def test_protocols_differ_only_in_seeds_and_minibatch_stream(tmp_path):
+    jobs = {job.name: job for job in plan(PRESETS["paper"], tmp_path, protocols=PROTOCOLS)}
+    paper, clean = jobs["logs/paper/leaky_relu/adam/seed2"], jobs["logs/clean/leaky_relu/adam/seed2"]
+    assert _configs(paper) == _configs(clean) == ["configs/paper/leaky_relu/adam.yaml"]
+    assert _value(paper, "--seed_everything") == "2" and "--data.seed" not in paper.args  # the config's 0
+    assert _value(clean, "--seed_everything") == _value(clean, "--data.seed") == "1002"
+
+
+def test_paper_preset_keeps_the_configs_budgets_and_pretrained_skips_meta_training(tmp_path):
     paper = PRESETS["paper"]
-    assert paper.test_steps == 1000 and paper.seeds >= 5
-    job = next(j for j in plan(paper, tmp_path) if j.name == "logs/leaky_relu/l2o/seed0")
-    assert job.args[job.args.index("--trainer.max_steps") + 1] == "1000"
+    assert paper.seeds >= 3 and paper.trajectories is None and paper.test_steps is None
+    jobs = plan(paper, tmp_path)
+    assert not any("--trainer.max_steps" in job.args or "--model.init_args.trajectories" in job.args
+                   for job in jobs)
+    shipped = plan(paper, tmp_path, pretrained=True)
+    assert not any(job.name.startswith("meta_train/") or job.checkpoint_of for job in shipped)
+    assert {job.name for job in shipped} == {job.name for job in jobs if job.name.startswith("logs/")}
+    quick = plan(PRESETS["quick"], tmp_path)
+    trainings = [job for job in quick if job.name.startswith("meta_train/")]
+    assert trainings and all(_value(job, "--model.init_args.trajectories") == "40" for job in trainings)
 
 
 def test_only_restricts_the_plan_and_rejects_unknown_figures(tmp_path):
     jobs = plan(PRESETS["quick"], tmp_path, seeds=1, only=["lion_sgd"])
-    assert {job.name.split("/")[2] for job in jobs} == {"sgd", "lion", "lion_sgd_0.1", "lion_sgd_0.25",
+    assert {job.name.split("/")[3] for job in jobs} == {"sgd", "lion", "lion_sgd_0.1", "lion_sgd_0.25",
                                                          "lion_sgd_0.5"}
     assert not any(job.checkpoint_of for job in jobs)
-    with pytest.raises(ValueError, match="fig9.*choose from"):
+    with pytest.raises(ValueError, match="fig9.*choose figures from"):
         plan(PRESETS["quick"], tmp_path, only=["fig9"])
+    with pytest.raises(ValueError, match="fresh"):
+        plan(PRESETS["quick"], tmp_path, protocols=["fresh"])
     assert set(FIGURES) >= {"fig1", "fig2", "fig3"}
 
 
@@ -93,7 +118,7 @@ def test_interrupted_meta_training_resumes_from_its_last_checkpoint(tmp_path):
     Study(tmp_path).run(jobs, execute)
     assert seen["meta_train/leaky_relu"][-2:] == ["--ckpt_path", str(partial)]
     assert partial.read_text() == "killed mid-way"  # the run's directory was kept
-    assert "--ckpt_path" not in seen["logs/leaky_relu/adam/seed0"]
+    assert "--ckpt_path" not in seen["logs/paper/leaky_relu/adam/seed0"]
 
 
 def test_meta_tests_of_a_failed_meta_training_are_reported_not_run(tmp_path):
@@ -109,7 +134,7 @@ def test_study_commands_run_from_any_working_directory(mnist_dir, tmp_path, monk
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # configs/ is not here: the study's runs start in the repository
     job = next(j for j in plan(PRESETS["quick"], tmp_path, seeds=1, only=["lion_sgd"])
-               if j.name == "logs/leaky_relu/sgd/seed0")
+               if j.name == "logs/paper/sigmoid_100_100/sgd/seed0")
     assert _run_l2o([*job.args, "--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false"]) == 0
     assert Path.cwd() == elsewhere
     assert list((tmp_path / job.name).glob("events.out.tfevents.*"))
