@@ -1,14 +1,19 @@
-"""Cost of the probes: training time with each probe (default settings, every 10 steps)
-relative to plain training, and unit gradients by ``torch.func`` vs a Python loop.
+"""Cost of the probes: training time with each probe (default settings, every 10 steps) and
+with the paper's probe set (``configs/paper/probes.yaml``: the tail index over the whole
+training loader, 469 minibatches, the covariance over 93) relative to plain training, and
+unit gradients by ``torch.func`` vs a Python loop.
 
 Usage: python benchmarks/bench_probes.py [--steps 300] [--repeats 3] [--threads 1] [--optimizer adam]
-[--run-steps 1000] (needs MNIST: set L2O_DATA_DIR). Prints markdown tables; the target: a
-1000-step meta-test with all probes every 10 steps costs <= 2x the run without them.
+[--run-steps 1000] [--probes none paper ...] [--smoke] (needs MNIST: set L2O_DATA_DIR). Prints
+markdown tables; the target: a 1000-step meta-test with the default probes every 10 steps costs
+<= 2x the run without them. ``--smoke``: 20 steps, one repeat, no whole runs, rows none and
+paper (seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import time
 import warnings
@@ -17,16 +22,30 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 
 from l2o_lightning.callbacks import CovarianceProbe, SymmetryProbe, TailIndexProbe, UpdateStatsProbe
 from l2o_lightning.data import MNISTDataModule
-from l2o_lightning.dynamics.per_sample import pool_gradients
+from l2o_lightning.dynamics.per_sample import grouped_pool_gradients, pool_gradients, split_units
 from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, checkpoint_entry
 from l2o_lightning.optim import L2O
 from l2o_lightning.optimizee_module import OptimizeeModule
 from l2o_lightning.optimizees import MLP
 
 WARMUP = 10
+PAPER_PROBES = Path(__file__).resolve().parents[1] / "configs" / "paper" / "probes.yaml"
+
+
+def paper_probes() -> list[L.Callback]:
+    """The callbacks of ``configs/paper/probes.yaml`` (the same as ``configs/probes/all.yaml``)."""
+    callbacks = yaml.safe_load(PAPER_PROBES.read_text())["trainer"]["callbacks+"]
+    made = []
+    for callback in callbacks:
+        module, name = callback["class_path"].rsplit(".", 1)
+        made.append(getattr(importlib.import_module(module), name)(**callback.get("init_args", {})))
+    return made
+
+
 PROBES = {
     "none": list,
     "SymmetryProbe": lambda: [SymmetryProbe()],
@@ -37,6 +56,7 @@ PROBES = {
     "all, num_units=16": lambda: [
         SymmetryProbe(), UpdateStatsProbe(), TailIndexProbe(num_units=16), CovarianceProbe(num_units=16)
     ],
+    "paper": paper_probes,
 }
 
 
@@ -122,28 +142,36 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=["adam", "l2o"], default="adam")
     parser.add_argument("--run-steps", type=int, default=1000, help="whole-run comparison (0: skip)")
     parser.add_argument("--save-dir", default="/tmp/bench_probes")
+    parser.add_argument("--probes", nargs="+", choices=list(PROBES), default=list(PROBES),
+                        help="rows to time (none, the baseline, always runs)")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: --steps 20 --repeats 1 "
+                        "--run-steps 0 --probes none paper")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.repeats, args.run_steps, args.probes = 20, 1, 0, ["none", "paper"]
+    rows = ["none", *(name for name in args.probes if name != "none")]
     optimizer = make_optimizer(args.optimizer, args.save_dir)
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    print(f"## Training with probes (every 10 steps, defaults): {args.optimizer}, {args.steps} steps, "
-          f"{args.threads} thread(s)")
+    print(f"## Training with probes (every 10 steps; defaults, or paper = configs/paper/probes.yaml): "
+          f"{args.optimizer}, {args.steps} steps, {args.threads} thread(s)")
     print("\n| probes | ms / step | relative |\n|---|---|---|")
-    best = dict.fromkeys(PROBES, float("inf"))
+    best = dict.fromkeys(rows, float("inf"))
     for _ in range(args.repeats):  # round robin: a busy spell on a shared machine hits every row
-        for name, make in PROBES.items():
-            timer = timed_fit(make(), args.steps, args.save_dir, optimizer)
+        for name in rows:
+            timer = timed_fit(PROBES[name](), args.steps, args.save_dir, optimizer)
             best[name] = min(best[name], timer.seconds_per_step)
     for name, per_step in best.items():
         print(f"| {name} | {1e3 * per_step:.2f} | {per_step / best['none']:.2f}x |")
 
     if args.run_steps:
         print(f"\n## Whole runs: {args.run_steps} steps validating every 250 (configs/meta_test), "
-              "all probes every 10 steps")
+              "probes every 10 steps")
         print("\n| probes | fit s | relative |\n|---|---|---|")
-        runs = dict.fromkeys(["none", "all", "all, num_units=16"], float("inf"))
+        whole = [name for name in rows if name in ("none", "all", "all, num_units=16", "paper")]
+        runs = dict.fromkeys(whole, float("inf"))
         for _ in range(args.repeats):
             for name in runs:
                 steps = args.run_steps - WARMUP
@@ -166,6 +194,12 @@ def main() -> None:
         looped = timed(args.repeats, loop_gradients, model, *pool)
         ms = f"{1e3 * func:.1f} | {1e3 * looped:.1f}"
         print(f"| {label} | {units} x {size} | {ms} | {looped / func:.1f}x |")
+    # num_units: all: 468 minibatches of 128 in one call, the last (96) in another
+    groups = split_units(*MNISTDataModule().probe_pool("all", seed=0), 128)
+    func = timed(args.repeats, grouped_pool_gradients, leaky, leaky.flat_parameters(), groups)
+    looped = sum(timed(args.repeats, loop_gradients, leaky, leaky.flat_parameters(), *g) for g in groups)
+    print(f"| leaky_relu (whole loader) | 468 x 128 + 1 x 96 | {1e3 * func:.1f} | {1e3 * looped:.1f} "
+          f"| {looped / func:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -250,9 +250,16 @@ class MNISTDataModule(L.LightningDataModule):
     val_dataloader = _test_loader
     test_dataloader = _test_loader
 
-    def probe_pool(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-        """A fixed pool of ``n`` distinct training samples (same ``seed`` -> same pool)."""
+    def probe_pool(self, n: int | Literal["all"], seed: int = 0) -> tuple[Tensor, Tensor]:
+        """A fixed pool of training samples (same ``seed`` -> same pool): ``n`` distinct ones
+        drawn at random, or with ``n = "all"`` the whole training split in the order of one
+        pass of a shuffling ``DataLoader`` of batch size ``batch_size`` whose generator is
+        seeded with ``seed`` (:func:`loader_pass`): its minibatches are consecutive runs of
+        ``batch_size`` rows, the last run shorter (MNIST, 128: 468 of 128 and one of 96)."""
         x, y = self.train_tensors
+        if n == "all":
+            idx = torch.cat(loader_pass(len(x), self.batch_size, torch.Generator().manual_seed(seed)))
+            return x[idx], y[idx]
         if not 0 < n <= len(x):
             raise ConfigError(f"probe pool size must be in 1..{len(x)}, got {n}.")
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]

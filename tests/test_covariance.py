@@ -6,7 +6,13 @@ import importlib
 import torch
 
 from l2o_lightning.dynamics.covariance import covariance_stats
-from l2o_lightning.dynamics.per_sample import coupled_sample_gradients, pool_gradients
+from l2o_lightning.dynamics.per_sample import (
+    coupled_sample_gradients,
+    grouped_pool_gradients,
+    pool_gradients,
+    split_units,
+    unit_gradients,
+)
 from l2o_lightning.optimizees import MLP
 
 
@@ -62,5 +68,26 @@ def test_single_samples_with_batchnorm_are_jacobian_rows_of_the_pool_batch():
     torch.testing.assert_close(rows[3], torch.autograd.grad(loss_3, theta)[0])
 
 
+def test_a_ragged_last_unit_is_its_own_group_and_its_own_gradient(monkeypatch):
+    torch.manual_seed(0)
+    x, y = torch.randn(2 * 16 + 5, 784), torch.randint(0, 10, (2 * 16 + 5,))
+    groups = split_units(x, y, 16)
+    assert [tuple(g.shape) for g, _ in groups] == [(2, 16, 784), (1, 5, 784)]
+    assert torch.equal(torch.cat([g.flatten(0, 1) for g, _ in groups]), x)  # consecutive rows, in order
+    assert [tuple(g.shape) for g, _ in split_units(x[:32], y[:32], 16)] == [(2, 16, 784)]
+    calls = []
+    monkeypatch.setattr("l2o_lightning.dynamics.per_sample.unit_gradients",
+                        lambda *args: calls.append(args[2].shape) or unit_gradients(*args))
+    for model in (MLP([8], "leaky_relu"), MLP([8], "relu", batchnorm=True)):
+        flat = model.flat_parameters()
+        expected = torch.cat([
+            loop_gradients(model, flat, x[:32].view(2, 16, 784), y[:32].view(2, 16)),
+            loop_gradients(model, flat, x[None, 32:], y[None, 32:]),
+        ])
+        torch.testing.assert_close(grouped_pool_gradients(model, flat, groups), expected)
+    assert calls == [(2, 16, 784), (1, 5, 784)] * 2  # one batched call per group
+
+
 def test_docstring_examples():
     assert doctest.testmod(importlib.import_module("l2o_lightning.dynamics.covariance")).failed == 0
+    assert doctest.testmod(importlib.import_module("l2o_lightning.dynamics.per_sample")).failed == 0

@@ -15,11 +15,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from l2o_lightning import meta
 from l2o_lightning.callbacks import CovarianceProbe, SymmetryProbe, TailIndexProbe, UpdateStatsProbe
+from l2o_lightning.callbacks.base import NoiseProbe
 from l2o_lightning.cli import main
-from l2o_lightning.data import MNISTDataModule
+from l2o_lightning.data import MNISTDataModule, loader_pass
+from l2o_lightning.dynamics import per_sample
+from l2o_lightning.dynamics.tail_index import tail_index
+from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, checkpoint_entry
 from l2o_lightning.optim import L2O, LionSGD
 from l2o_lightning.optimizee_module import OptimizeeModule
+from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import read_scalars
 
 pytestmark = pytest.mark.mnist
@@ -188,3 +193,150 @@ def test_the_noise_probes_update_rule_during_meta_training_is_the_steps_own(run_
     for from_rule, applied in seen:
         torch.testing.assert_close(from_rule[0], applied, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(seen[0][1], seen[1][1])  # a state-dependent, changing update
+
+
+
+class Recorder:
+    """Stands in for the TensorBoard logger: keeps the scalars logged."""
+
+    def __init__(self):
+        self.metrics = {}
+
+    def log_metrics(self, metrics, step):
+        self.metrics.update(metrics)
+
+
+def probe_once(probe, groups, model, theta, rule):
+    """The scalars ``probe`` logs at one step for a pool of unit ``groups`` (no Trainer)."""
+    probe._logger, probe._pool = Recorder(), groups
+    probe.probe(None, 0, model, theta, rule)
+    return probe._logger.metrics
+
+
+def autograd_gradient(model, theta, x, y):
+    """Reference: the gradient of one unit's mean loss by plain autograd."""
+    w = theta.clone().requires_grad_()
+    return torch.autograd.grad(model.functional_loss(w, x, y), w)[0]
+
+
+def test_mean_update_reference_is_the_mean_of_the_units_updates():
+    """By hand on 3 units and a nonlinear rule: u_ref = (U(g_1) + U(g_2) + U(g_3)) / 3, not U(mean g)."""
+    torch.manual_seed(0)
+    model = MLP([2], "leaky_relu")
+    theta, x, y = model.flat_parameters(), torch.randn(3, 5, 784), torch.randint(0, 10, (3, 5))
+    calls = []
+
+    def rule(rows):  # elementwise and nonlinear, like Adam's first step
+        calls.append(len(rows))
+        return 0.1 + rows.sign() * rows.square()
+
+    g = [autograd_gradient(model, theta, x[i], y[i]) for i in range(3)]
+    u = [rule(gi[None])[0] for gi in g]
+    mean_update = (u[0] + u[1] + u[2]) / 3
+    update_of_mean = rule(((g[0] + g[1] + g[2]) / 3)[None])[0]
+    calls.clear()
+    assert (mean_update - update_of_mean).abs().max() > 1e-3 * mean_update.abs().max()
+    noise_of = {ref: torch.stack([ui - ref for ui in u]) for ref in (mean_update, update_of_mean)}
+    grad_noise = torch.stack([gi - (g[0] + g[1] + g[2]) / 3 for gi in g])
+
+    NoiseProbe._shared.clear()
+    pool = [(x, y)], model, theta, rule
+    tail = probe_once(TailIndexProbe(1, num_units=3), *pool)
+    cov = probe_once(CovarianceProbe(1, num_units=3), *pool)
+    other = probe_once(CovarianceProbe(1, num_units=3, reference="update_of_mean"), *pool)
+    assert calls == [4]  # one pool, shared by both probes and both references: 3 units + their mean
+    assert tail["tail_index/grad"] == pytest.approx(tail_index(grad_noise).item(), rel=1e-5)
+    assert tail["tail_index/update"] == pytest.approx(tail_index(noise_of[mean_update]).item(), rel=1e-5)
+    for stats, c in ((cov, noise_of[mean_update]), (other, noise_of[update_of_mean])):
+        dense = sum(torch.outer(ci, ci) for ci in c.double()) / 3  # [D, D]
+        assert stats["covariance/top_eig"] == pytest.approx(torch.linalg.eigvalsh(dense)[-1].item(), rel=1e-4)
+        assert stats["covariance/trace"] == pytest.approx(dense.trace().item(), rel=1e-5)
+    # centred off the mean, K gains the offset's outer product: trace + ||mean_update - U(mean g)||^2
+    offset = (mean_update - update_of_mean).double().square().sum().item()
+    assert other["covariance/trace"] - cov["covariance/trace"] == pytest.approx(offset, rel=1e-3)
+
+
+NOISE_TAGS = ["tail_index/grad", "tail_index/update", "covariance/top_eig", "covariance/trace"]
+
+
+def noise_scalars(tmp_path, make_optimizer, reference):
+    """The noise probes' scalars at steps 0, 1, 2 of :func:`short_fit` with ``reference``."""
+    probes = [TailIndexProbe(1, num_units=4, reference=reference),
+              CovarianceProbe(1, num_units=4, reference=reference)]
+    short_fit(tmp_path / reference, make_optimizer, probes)
+    (run_dir,) = (tmp_path / reference).glob("*/version_*")
+    scalars = read_scalars(run_dir)
+    return {tag: [value for _, value in scalars[tag]] for tag in NOISE_TAGS}
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_the_two_references_agree_for_sgds_linear_rule_only(name, mnist_dir, tmp_path):
+    mean_update, update_of_mean = (
+        noise_scalars(tmp_path, OPTIMIZERS[name], ref) for ref in ("mean_update", "update_of_mean")
+    )
+    assert mean_update["tail_index/grad"] == update_of_mean["tail_index/grad"]  # centred at the mean gradient
+    if name == "sgd":  # U(g) = -lr (momentum buffer + g): the mean of the updates is the update of the mean
+        for tag, values in mean_update.items():
+            assert values == pytest.approx(update_of_mean[tag], rel=1e-4), tag
+    else:  # Adam's update of the mean gradient is off the mean update: more noise around it, every step
+        for tag in ("covariance/top_eig", "covariance/trace"):
+            assert all(b > 1.5 * a for a, b in zip(mean_update[tag], update_of_mean[tag], strict=True)), tag
+
+
+class NoiseSpy:
+    """Mixin: keeps ``(theta, noise)`` of every computation of the pool's noise."""
+
+    def noise(self, model, theta, rule):
+        noise = super().noise(model, theta, rule)
+        self.seen.append((theta, noise))
+        return noise
+
+
+class TailSpy(NoiseSpy, TailIndexProbe):
+    seen = []
+
+
+class CovarianceSpy(NoiseSpy, CovarianceProbe):
+    seen = []
+
+
+def test_num_units_all_is_every_minibatch_of_one_loader_pass(mnist_dir, tmp_path, monkeypatch):
+    calls, unit_gradients = [], per_sample.unit_gradients
+    monkeypatch.setattr(per_sample, "unit_gradients",
+                        lambda *args: calls.append(tuple(args[2].shape)) or unit_gradients(*args))
+    tail, cov = TailSpy(1, num_units="all"), CovarianceSpy(1, num_units=93)
+    torch.manual_seed(0)
+    module = OptimizeeModule()
+    module.configure_optimizers = lambda: torch.optim.Adam(module.parameters(), lr=0.03)
+    trainer = L.Trainer(
+        max_steps=1, callbacks=[tail, cov], logger=TensorBoardLogger(tmp_path), limit_val_batches=0,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )
+    datamodule = MNISTDataModule(seed=0)
+    trainer.fit(module, datamodule=datamodule)
+    # one batched call for the 468 full minibatches, one for the ragged last; the 93-unit pool is its own
+    assert calls == [(468, 128, 784), (1, 96, 784), (93, 128, 784)]
+    ((theta, noise),) = tail.seen
+    assert len(cov.seen) == 1 and cov.seen[0][1].grads.shape == (93, 15910)
+    minibatches = loader_pass(60000, 128, torch.Generator().manual_seed(0))
+    assert len(minibatches) == 469 and len(minibatches[-1]) == 96
+    assert noise.grads.shape == noise.updates.shape == (469, 15910)
+    x, y = datamodule.train_tensors
+    for i in (0, 234, 468):  # row i: the gradient of the loader's i-th minibatch
+        expected = autograd_gradient(module.optimizee, theta, x[minibatches[i]], y[minibatches[i]])
+        torch.testing.assert_close(noise.grads[i], expected)
+    torch.testing.assert_close(noise.grad_ref, noise.grads.mean(0))  # every minibatch counts once
+    (run_dir,) = tmp_path.glob("*/version_*")
+    scalars = read_scalars(run_dir)
+    assert all(math.isfinite(value) for tag in NOISE_TAGS for _, value in scalars[tag])
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(num_units=1), "`num_units` of TailIndexProbe must be an integer of at least 2 or 'all', got 1"),
+    (dict(num_units="every"), "`num_units` of TailIndexProbe must be .* got 'every'"),
+    (dict(num_units="all", unit="sample"), "`num_units: all` of TailIndexProbe .* needs `unit: batch`"),
+    (dict(reference="mean"), "`reference` of TailIndexProbe must be one of mean_update, update_of_mean"),
+])
+def test_bad_noise_settings_are_refused(settings, match):
+    with pytest.raises(ConfigError, match=match):
+        TailIndexProbe(**settings)

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
-from l2o_lightning.dynamics.per_sample import pool_gradients
+from l2o_lightning.dynamics.per_sample import UnitGroup, grouped_pool_gradients, split_units
 from l2o_lightning.dynamics.update_rules import updates
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.optim import optimizer_params
@@ -175,55 +175,97 @@ def observe_meta_training_step(
             probe.probe(trainer, step, model, params[0].detach(), rule)
 
 
+# the centre of the update noise: the mean of the units' updates, or the update of their mean gradient
+Reference = Literal["mean_update", "update_of_mean"]
+REFERENCES = ("mean_update", "update_of_mean")
+
+
 @dataclass(frozen=True)
 class Noise:
     """What the noise probes see at one step.
 
     Attributes:
         grads: unit gradients ``g_i``, ``[M, D]`` (optimizee layout).
-        grad_ref: their mean ``g_ref``, ``[D]``.
+        grad_ref: their mean ``g_ref = (1/M) sum_i g_i``, ``[D]`` (every unit counts once,
+            a ragged last minibatch too).
         updates: ``U(g_i)``, the updates the optimizer would apply, ``[M, D']`` (in the
             optimizer's parameter order; the optimizee layout during meta-training).
-        update_ref: ``U(g_ref)``, ``[D']``.
+        update_of_mean: ``U(g_ref)``, ``[D']``.
     """
 
     grads: Tensor
     grad_ref: Tensor
     updates: Tensor
-    update_ref: Tensor
+    update_of_mean: Tensor
+
+    def update_ref(self, reference: Reference) -> Tensor:
+        """The centre ``u_ref`` of the update noise ``U(g_i) - u_ref``, ``[D']``:
+
+        - ``mean_update``: ``u_ref = (1/M) sum_i U(g_i)``, so the noise is the spread of the
+          updates themselves (the paper's centring).
+        - ``update_of_mean``: ``u_ref = U(g_ref)``, so the noise is each update's deviation
+          from the one the whole pool's gradient would give. A nonlinear rule (Adam, Lion,
+          an L2O) has ``U(g_ref) != mean_i U(g_i)``; that offset is added to every row and
+          inflates the noise. SGD's rule is affine in ``g``, so both centres agree.
+        """
+        return self.updates.mean(0) if reference == "mean_update" else self.update_of_mean
 
 
 class NoiseProbe(Probe):
     """A probe of the noise across a fixed pool of units: their gradients in one batched
-    call and the updates the optimizer would apply to them, from its state before the step.
-    Noise probes with the same pool settings share that computation at a step.
+    call per unit size and the updates the optimizer would apply to them, from its state
+    before the step. Noise probes with the same pool (:attr:`pool_key`) share that
+    computation at a step, whatever their ``reference``.
 
     Args:
         every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
-        num_units: ``M``, units in the pool.
+        num_units: ``M``, units in the pool, drawn at random without overlap; ``"all"``: the
+            whole training split in the order of one pass of a shuffling ``DataLoader`` with
+            the training batch size (:func:`l2o_lightning.data.loader_pass`; MNIST, 128: 469
+            minibatches, the last of 96), the paper's pool for the tail index (``unit: batch``).
         unit: ``batch`` (a minibatch of the training batch size, as the original study's
             code) or ``sample`` (a single sample).
         seed: seed of the pool, drawn once from ``trainer.datamodule.probe_pool``.
+        reference: centre of the update noise (:meth:`Noise.update_ref`): ``mean_update``
+            (the paper's), the mean of the units' updates, or ``update_of_mean``, the update of
+            the pool's mean gradient. Gradient noise is always centred at the mean gradient.
     """
 
-    # the latest Noise, keyed by (trainer, step, pool settings); emptied at fit start and end
+    # the latest Noise, keyed by (trainer, step, pool_key); emptied at fit start and end
     _shared: ClassVar[dict[tuple, Noise]] = {}
 
     def __init__(
-        self, every_n_steps: int = 10, num_units: int = 32, unit: Literal["batch", "sample"] = "batch",
-        seed: int = 0,
+        self, every_n_steps: int = 10, num_units: int | Literal["all"] = 32,
+        unit: Literal["batch", "sample"] = "batch", seed: int = 0, reference: Reference = "mean_update",
     ) -> None:
         super().__init__(every_n_steps)
-        if num_units < 2:
-            raise ConfigError(f"`num_units` of {type(self).__name__} must be at least 2, got {num_units}.")
+        name = type(self).__name__
+        if num_units != "all" and (not isinstance(num_units, int) or num_units < 2):
+            raise ConfigError(
+                f"`num_units` of {name} must be an integer of at least 2 or 'all', got {num_units!r}."
+            )
         if unit not in ("batch", "sample"):
-            raise ConfigError(f"`unit` of {type(self).__name__} must be 'batch' or 'sample', got {unit!r}.")
-        self.num_units, self.unit, self.seed = num_units, unit, seed
-        self._pool: tuple[Tensor, Tensor] | None = None
+            raise ConfigError(f"`unit` of {name} must be 'batch' or 'sample', got {unit!r}.")
+        if num_units == "all" and unit != "batch":
+            raise ConfigError(
+                f"`num_units: all` of {name} takes the training loader's minibatches; it needs `unit: batch`."
+            )
+        if reference not in REFERENCES:
+            raise ConfigError(
+                f"`reference` of {name} must be one of {', '.join(REFERENCES)}, got {reference!r}."
+            )
+        self.num_units, self.unit, self.seed, self.reference = num_units, unit, seed, reference
+        self._pool: list[UnitGroup] | None = None
 
     def observe(self, step: int, noise: Noise) -> None:
         """Log what the probe measures."""
         raise NotImplementedError
+
+    @property
+    def pool_key(self) -> tuple:
+        """What determines the pool, hence the :class:`Noise` at a step (not ``reference``:
+        a :class:`Noise` holds both centres)."""
+        return self.num_units, self.unit, self.seed
 
     @property
     def has_pool(self) -> bool:
@@ -242,11 +284,8 @@ class NoiseProbe(Probe):
                 f"{type(datamodule).__name__} lacks; use l2o_lightning.data.MNISTDataModule."
             )
         size = datamodule.batch_size if self.unit == "batch" else 1
-        x, y = datamodule.probe_pool(self.num_units * size, self.seed)
-        self._pool = (
-            x.view(self.num_units, size, *x.shape[1:]).to(pl_module.device),
-            y.view(self.num_units, size).to(pl_module.device),
-        )
+        x, y = datamodule.probe_pool("all" if self.num_units == "all" else self.num_units * size, self.seed)
+        self._pool = split_units(x.to(pl_module.device), y.to(pl_module.device), size)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
@@ -271,7 +310,7 @@ class NoiseProbe(Probe):
 
     def probe(self, trainer: L.Trainer, step: int, model: MLP, theta: Tensor, rule: RowUpdates) -> None:
         """Observe the noise at ``step``, computed once for all noise probes with the same pool."""
-        key = (id(trainer), step, self.num_units, self.unit, self.seed)
+        key = (id(trainer), step, *self.pool_key)
         if key not in NoiseProbe._shared:
             NoiseProbe._shared.clear()
             NoiseProbe._shared[key] = self.noise(model, theta, rule)
@@ -279,7 +318,7 @@ class NoiseProbe(Probe):
 
     def noise(self, model: MLP, theta: Tensor, rule: RowUpdates) -> Noise:
         """Unit gradients at ``theta`` (``[D]``) and the updates ``rule`` gives them."""
-        grads = pool_gradients(model, theta, *self._pool)  # [M, D]
+        grads = grouped_pool_gradients(model, theta, self._pool)  # [M, D]
         grad_ref = grads.mean(0)
         ups = rule(torch.cat([grads, grad_ref[None]]))  # [M + 1, D']
         return Noise(grads, grad_ref, ups[:-1], ups[-1])

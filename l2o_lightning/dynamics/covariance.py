@@ -29,7 +29,7 @@ def covariance_stats(rows: Tensor, reference: Tensor) -> CovarianceStats:
 
     Args:
         rows: ``u_i``, one per unit, ``[M, D]``.
-        reference: ``u_ref`` (e.g. the update for the reference gradient), ``[D]``.
+        reference: ``u_ref``, ``[D]`` (``rows.mean(0)``: ``K`` is the rows' covariance).
     """
     c = rows - reference  # [M, D]
     gram = (c @ c.T).double() / len(c)  # [M, M]
