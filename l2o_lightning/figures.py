@@ -1,5 +1,7 @@
 """The paper's figures from a study's runs (matplotlib, 150 dpi): one colour per optimizer,
-solid for learned optimizers, dashed for hand-designed baselines."""
+solid for learned optimizers, dashed for hand-designed baselines; a panel without data says
+"no data". Each ``fig*`` function builds its figure (``None``: nothing to draw),
+:func:`write_all` saves them under :data:`FILES`' names."""
 
 from __future__ import annotations
 
@@ -11,15 +13,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from l2o_lightning.runs import Run, aggregate, select  # noqa: E402
+from l2o_lightning.runs import HISTOGRAM_STEPS, Run, aggregate, histogram_optimizee, select  # noqa: E402
 
 DPI = 150
+NO_DATA = "no data"
 COLORS = {
-    "l2o": "tab:red", "l2o_beta0.1": "tab:orange", "l2o_beta0.5": "tab:olive", "l2o_beta1": "tab:brown",
+    "l2o": "tab:red", "l2o_reg_0.1": "tab:orange", "l2o_reg_0.5": "tab:olive", "l2o_reg_1": "tab:brown",
     "sgd": "tab:blue", "adam": "tab:green", "lion": "tab:purple",
     "lion_sgd_0.1": "tab:cyan", "lion_sgd_0.25": "tab:pink", "lion_sgd_0.5": "tab:gray",
 }
-HISTOGRAM_STEPS = (1, 5, 10, 30, 100, 500)
 
 
 def _style(optimizer: str) -> dict[str, object]:
@@ -50,43 +52,44 @@ def _band(ax: plt.Axes, runs: list[Run], optimizee: str, optimizer: str, tag: st
     ax.fill_between(agg.steps, mean - std, mean + std, color=style["color"], alpha=0.2)
 
 
+def _finish(ax: plt.Axes, drawn: bool) -> None:
+    """A legend on a panel with data, the words :data:`NO_DATA` across one without."""
+    if drawn:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, NO_DATA, transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
 def _panel(ax, runs, optimizee, optimizers, tag, title, ylabel, log=False, smooth=1) -> None:
     for optimizer in optimizers:
         _band(ax, runs, optimizee, optimizer, tag, smooth)
     ax.set(title=title, xlabel="optimizee step", ylabel=ylabel)
-    if log:
+    if log and ax.lines:
         ax.set_yscale("log")
-    if ax.lines:
-        ax.legend(fontsize=7)
+    _finish(ax, bool(ax.lines))
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-
-
-def fig1_symmetry(runs: list[Run], out: Path) -> None:
+def fig1_symmetry(runs: list[Run]) -> plt.Figure:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     order = ("l2o", "lion", "adam", "sgd")
     _panel(axes[0], runs, "leaky_relu", _present(runs, "leaky_relu", order),
            "symmetry/rescale/update/abs_sum", "Rescale symmetry breaking (Leaky ReLU)", "|sum_j d_j|")
     _panel(axes[1], runs, "bn_relu", _present(runs, "bn_relu", order),
            "symmetry/scale/update/abs_sum", "Scale symmetry breaking (BN + ReLU)", "|sum_j d_j|")
-    _save(fig, out / "fig1_symmetry.png")
+    return fig
 
 
-def fig2_regularization(runs: list[Run], out: Path) -> None:
-    order = ("l2o", "l2o_beta0.1", "l2o_beta0.5", "l2o_beta1", "sgd", "adam", "lion")
+def fig2_regularization(runs: list[Run]) -> plt.Figure:
+    order = ("l2o", "l2o_reg_0.1", "l2o_reg_0.5", "l2o_reg_1", "sgd", "adam", "lion")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, optimizee in zip(axes, ("leaky_relu", "bn_relu"), strict=True):
         _panel(ax, runs, optimizee, _present(runs, optimizee, order), "train/loss",
                f"Symmetry-breaking regularization ({optimizee})", "train loss (10-step average)",
                log=True, smooth=10)
-    _save(fig, out / "fig2_regularization.png")
+    return fig
 
 
-def fig3_tail_covariance(runs: list[Run], out: Path) -> None:
+def fig3_tail_covariance(runs: list[Run]) -> plt.Figure:
     order = ("l2o", "lion", "adam", "sgd")
     present = _present(runs, "leaky_relu", order)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -101,20 +104,22 @@ def fig3_tail_covariance(runs: list[Run], out: Path) -> None:
                             color=COLORS.get(optimizer), edgecolor="black")
     axes[0].set_xticks(range(len(present)), present)
     axes[0].set(title="Tail index (hatched: gradient noise, plain: update noise)", ylabel="alpha")
+    if not axes[0].patches:
+        _finish(axes[0], False)
     _panel(axes[1], runs, "leaky_relu", present, "covariance/top_eig",
            "Top eigenvalue of the update covariance", "lambda_max", log=True)
-    _save(fig, out / "fig3_tail_covariance.png")
+    return fig
 
 
-def fig_histograms(runs: list[Run], out: Path) -> None:
+def fig_histograms(runs: list[Run]) -> plt.Figure:
+    """The first seed's ``|u|`` histograms of the first layer's weights at the paper's steps,
+    on :func:`~l2o_lightning.runs.histogram_optimizee`."""
     order = ("l2o", "lion", "adam", "sgd")
-    present = _present(runs, "leaky_relu", order)
+    optimizee = histogram_optimizee(runs)
+    present = _present(runs, optimizee, order)
     fig, axes = plt.subplots(1, len(HISTOGRAM_STEPS), figsize=(3 * len(HISTOGRAM_STEPS), 3), sharey=True)
     for optimizer in present:
-        cell = select(runs, "leaky_relu", optimizer)
-        if not cell:
-            continue
-        per_step = cell[0].histograms("update_hist/linears.0.weight")
+        per_step = select(runs, optimizee, optimizer)[0].histograms("update_hist/linears.0.weight")
         for ax, step in zip(axes, HISTOGRAM_STEPS, strict=True):
             if step - 1 not in per_step:  # logged at global_step = step - 1
                 continue
@@ -123,14 +128,15 @@ def fig_histograms(runs: list[Run], out: Path) -> None:
             ax.step(edges[positive], counts[positive] / max(counts.sum(), 1), where="post",
                     **_style(optimizer))
     for ax, step in zip(axes, HISTOGRAM_STEPS, strict=True):
-        ax.set(title=f"step {step}", xlabel="|update| (first layer)", xscale="log")
+        ax.set(title=f"step {step} ({optimizee})", xlabel="|update| (first layer)")
         if ax.lines:
-            ax.legend(fontsize=7)
+            ax.set_xscale("log")
+        _finish(ax, bool(ax.lines))
     axes[0].set_ylabel("fraction of weights (first seed)")
-    _save(fig, out / "fig_histograms.png")
+    return fig
 
 
-def fig_lion_sgd(runs: list[Run], out: Path) -> None:
+def fig_lion_sgd(runs: list[Run]) -> plt.Figure:
     order = ("lion", "lion_sgd_0.5", "lion_sgd_0.25", "lion_sgd_0.1", "sgd")
     present = _present(runs, "leaky_relu", order)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -138,16 +144,16 @@ def fig_lion_sgd(runs: list[Run], out: Path) -> None:
            "Translation symmetry breaking (Lion-SGD)", "|sum_i d_i|")
     _panel(axes[1], runs, "leaky_relu", present, "train/loss", "Train loss (Lion-SGD)",
            "train loss (10-step average)", log=True, smooth=10)
-    _save(fig, out / "fig_lion_sgd.png")
+    return fig
 
 
-def fig_generalization(runs: list[Run], out: Path) -> None:
+def fig_generalization(runs: list[Run]) -> plt.Figure | None:
     """L2O meta-trained on one optimizee (``l2o_from_<name>``; ``l2o`` = its own) vs Adam,
-    as the ratio of mean train loss over the first 200 steps."""
+    as the ratio of mean train loss over the first 200 steps; ``None`` without such runs."""
     prefix = "l2o_from_"
     sources = sorted({r.optimizer.removeprefix(prefix) for r in runs if r.optimizer.startswith(prefix)})
     if not sources:
-        return
+        return None
     optimizees = sorted({r.optimizee for r in runs if r.optimizer == "l2o" or r.optimizer.startswith(prefix)})
     matrix = np.full((len(sources), len(optimizees)), np.nan)
     for i, source in enumerate(sources):
@@ -165,10 +171,21 @@ def fig_generalization(runs: list[Run], out: Path) -> None:
     ax.set_yticks(range(len(sources)), sources)
     ax.set(xlabel="meta-tested on", ylabel="meta-trained on", title="L2O / Adam mean loss, steps 1-200")
     fig.colorbar(image, ax=ax)
-    _save(fig, out / "fig_generalization.png")
+    return fig
+
+
+FILES = {
+    "fig1_symmetry.png": fig1_symmetry, "fig2_regularization.png": fig2_regularization,
+    "fig3_tail_covariance.png": fig3_tail_covariance, "fig_histograms.png": fig_histograms,
+    "fig_lion_sgd.png": fig_lion_sgd, "fig_generalization.png": fig_generalization,
+}
 
 
 def write_all(runs: list[Run], out: Path) -> None:
-    for figure in (fig1_symmetry, fig2_regularization, fig3_tail_covariance, fig_histograms, fig_lion_sgd,
-                   fig_generalization):
-        figure(runs, out)
+    """Save every figure of :data:`FILES` that has something to draw under ``out``."""
+    for name, build in FILES.items():
+        fig = build(runs)
+        if fig is not None:
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=DPI)
+            plt.close(fig)

@@ -1,37 +1,67 @@
 """``l2o-report LOGDIR --out DIR``: a study's TensorBoard logs -> the paper's figures,
-``summary.csv``/``summary.md`` and a verdict table of the paper's claims (DESIGN §5)."""
+``summary.csv``/``summary.md`` and a verdict table of the paper's claims (DESIGN §5).
+``l2o-report --protocol NAME=LOGDIR ... --out DIR``: one report per protocol under
+``DIR/<NAME>/`` and ``DIR/protocols.md``, their verdicts side by side."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from l2o_lightning.runs import Aggregate, Run, aggregate, discover_runs, select
+from l2o_lightning.runs import (
+    HISTOGRAM_STEPS,
+    Aggregate,
+    Run,
+    Stat,
+    StudyLayoutError,
+    aggregate,
+    discover_runs,
+    histogram_optimizee,
+    seed_stat,
+    select,
+)
 
 BASELINES = ("sgd", "adam", "lion")
-REGULARIZED = ("l2o", "l2o_beta0.1", "l2o_beta0.5", "l2o_beta1")
-# optimizee steps are the logged step indices: "steps 1-100" are indices 0..99
-EARLY = (0, 99)
-FIRST_200 = (0, 199)
+REGULARIZED = {"l2o": 0.0, "l2o_reg_0.1": 0.1, "l2o_reg_0.5": 0.5, "l2o_reg_1": 1.0}  # label -> beta
+NAMES = {"l2o": "L2O", "sgd": "SGD", "adam": "Adam", "lion": "Lion"}
+# Windows of 0-based step indices (the logged global_step): the paper's 1-based step k is index k - 1.
+STEPS_1_10 = (0, 9)
+STEPS_1_100 = (0, 99)
+STEPS_91_100 = (90, 99)
+STEPS_1_200 = (0, 199)
+STEPS_1_1000 = (0, 999)
+TREND_BLOCKS = 10  # "grows steadily" is judged on the means of 10 consecutive blocks of the window
+
+# Thresholds of the verdicts (each claim's function states how it uses them).
+FAR_ABOVE = 3.0  # "far above": more than 3x the other's mean
+NEAR_ZERO = 0.1  # "SGD ~ 0": at most 0.1x the largest other mean in the claim
+JUMP_FRACTION = 0.5  # "jumps within the first ~10 steps": reaches half its steps 1-100 max by step 10
+EARLY_PEAK_STEP = 20  # "spikes early": the max over steps 1-100 falls at step <= 20
+DECAY_FRACTION = 0.5  # "then decays": mean over steps 91-100 at most half that max
+LION_GROWTH = 2.0  # "grows": mean over steps 91-100 at least 2x the mean over steps 1-10
+STEADY_RANK_CORRELATION = 0.8  # "steadily": Spearman rank correlation of the block means with time
+ROUGHLY_EQUAL = 3.0  # "Adam ~ SGD": within a factor of 3 of each other
 
 SUMMARY_COLUMNS: dict[str, tuple[str, Callable[[Aggregate], float]]] = {
-    "loss_mean_1_200": ("train/loss", lambda a: a.window_mean(*FIRST_200)),
+    "loss_mean_1_200": ("train/loss", lambda a: a.window_mean(*STEPS_1_200)),
     "loss_at_50": ("train/loss", lambda a: a.at(49)),
     "loss_at_100": ("train/loss", lambda a: a.at(99)),
     "loss_at_200": ("train/loss", lambda a: a.at(199)),
-    "rescale_dev_1_100": ("symmetry/rescale/update/abs_sum", lambda a: a.window_mean(*EARLY)),
-    "scale_dev_1_100": ("symmetry/scale/update/abs_sum", lambda a: a.window_mean(*EARLY)),
-    "translation_dev_1_100": ("symmetry/translation/update/abs_sum", lambda a: a.window_mean(*EARLY)),
+    "rescale_dev_1_100": ("symmetry/rescale/update/abs_sum", lambda a: a.window_mean(*STEPS_1_100)),
+    "scale_dev_1_100": ("symmetry/scale/update/abs_sum", lambda a: a.window_mean(*STEPS_1_100)),
+    "translation_dev_1_100": ("symmetry/translation/update/abs_sum", lambda a: a.window_mean(*STEPS_1_100)),
     "alpha_update": ("tail_index/update", lambda a: float(a.mean.mean())),
     "alpha_grad": ("tail_index/grad", lambda a: float(a.mean.mean())),
     "top_eig_median": ("covariance/top_eig", lambda a: float(np.median(a.mean))),
-    "update_norm_1_10": ("update/norm", lambda a: a.window_mean(0, 9)),
+    "update_norm_1_10": ("update/norm", lambda a: a.window_mean(*STEPS_1_10)),
     "update_norm_last": ("update/norm", lambda a: float(a.mean[-1])),
 }
 
@@ -49,9 +79,89 @@ def summarize(runs: list[Run]) -> list[dict[str, object]]:
     return rows
 
 
+# Per-run reductions of one series (steps: 0-based indices, values): NaN when undefined.
+
+
+def _window(steps: np.ndarray, values: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    return values[(steps >= window[0]) & (steps <= window[1])]
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
+def window_mean(steps: np.ndarray, values: np.ndarray, window: tuple[int, int]) -> float:
+    """Mean of the values logged in ``window`` (NaN when none)."""
+    inside = _window(steps, values, window)
+    return float(inside.mean()) if len(inside) else float("nan")
+
+
+def window_median(steps: np.ndarray, values: np.ndarray, window: tuple[int, int]) -> float:
+    """Median of the values logged in ``window`` (NaN when none)."""
+    inside = _window(steps, values, window)
+    return float(np.median(inside)) if len(inside) else float("nan")
+
+
+def _window_max(steps: np.ndarray, values: np.ndarray, window: tuple[int, int]) -> float:
+    inside = _window(steps, values, window)
+    return float(inside.max()) if len(inside) else float("nan")
+
+
+def jump_fraction(steps: np.ndarray, values: np.ndarray) -> float:
+    """Max over steps 1-10 / max over steps 1-100: how much of its early peak a curve has
+    reached by step 10 (NaN when either window is empty or the peak is 0)."""
+    return _ratio(_window_max(steps, values, STEPS_1_10), _window_max(steps, values, STEPS_1_100))
+
+
+def peak_step(steps: np.ndarray, values: np.ndarray) -> float:
+    """The paper's (1-based) step of the max over steps 1-100 (NaN when none logged)."""
+    mask = (steps >= STEPS_1_100[0]) & (steps <= STEPS_1_100[1])
+    return float(steps[mask][values[mask].argmax()] + 1) if mask.any() else float("nan")
+
+
+def late_over_peak(steps: np.ndarray, values: np.ndarray) -> float:
+    """Mean over steps 91-100 / max over steps 1-100 (below 1: the curve came down from its peak)."""
+    return _ratio(window_mean(steps, values, STEPS_91_100), _window_max(steps, values, STEPS_1_100))
+
+
+def growth(steps: np.ndarray, values: np.ndarray) -> float:
+    """Mean over steps 91-100 / mean over steps 1-10."""
+    return _ratio(window_mean(steps, values, STEPS_91_100), window_mean(steps, values, STEPS_1_10))
+
+
+def block_trend(steps: np.ndarray, values: np.ndarray) -> float:
+    """Spearman rank correlation between time and the means of :data:`TREND_BLOCKS` equal
+    consecutive blocks of steps 1-100 (1: every block above the one before; -1: every block
+    below); NaN when fewer than 3 blocks hold values."""
+    first, last = STEPS_1_100
+    size = (last - first + 1) // TREND_BLOCKS
+    blocks = [(first + b * size, first + (b + 1) * size - 1) for b in range(TREND_BLOCKS)]
+    means = np.array([window_mean(steps, values, block) for block in blocks])
+    means = means[~np.isnan(means)]
+    if len(means) < 3:
+        return float("nan")
+    ranks = means.argsort().argsort()
+    return float(np.corrcoef(np.arange(len(means)), ranks)[0, 1])
+
+
+def update_sizes(cell: list[Run]) -> dict[int, Stat]:
+    """Mean ``|u|`` over all parameters (from the ``update_hist/`` histograms) at each of the
+    paper's :data:`HISTOGRAM_STEPS` that some seed logged: ``paper step -> Stat`` over seeds."""
+    per_run = [run.pooled_histogram_mean("update_hist/") for run in cell]
+    return {
+        step: Stat.of(sizes[step - 1] for sizes in per_run if step - 1 in sizes)
+        for step in HISTOGRAM_STEPS
+        if any(step - 1 in sizes for sizes in per_run)
+    }
+
+
+# Verdicts: each claim is a pure function of its numbers (mean ± std over seeds).
+
+
 @dataclass(frozen=True)
 class Verdict:
     claim: str
+    rule: str  # when the claim holds, in terms of the measured numbers
     measured: str
     holds: bool | None  # None: the study did not produce the numbers
 
@@ -63,121 +173,200 @@ class Verdict:
         return f"[{self.status:>13}] {self.claim}\n                {self.measured}"
 
 
-def _lookup(rows: list[dict[str, object]]) -> Callable[[str, str, str], float]:
-    table = {(r["optimizee"], r["optimizer"]): r for r in rows}
-
-    def value(optimizee: str, optimizer: str, column: str) -> float:
-        row = table.get((optimizee, optimizer))
-        return float(row[column]) if row is not None else float("nan")
-
-    return value
+Numbers = Mapping[str, Stat | float | None]
 
 
-def _measured(**numbers: float) -> str:
-    return ", ".join(f"{k}={v:.3g}" for k, v in numbers.items())
+def _listing(numbers: Numbers) -> str:
+    return ", ".join(f"{name} {'no data' if value is None else format_number(value)}"
+                     for name, value in numbers.items())
 
 
-def _verdict(claim: str, numbers: dict[str, float], test: Callable[[], bool]) -> Verdict:
-    if any(math.isnan(v) for v in numbers.values()):
-        return Verdict(claim, _measured(**numbers), None)
-    return Verdict(claim, _measured(**numbers), bool(test()))
+def format_number(value: Stat | float) -> str:
+    """A Stat as ``mean ± std``, a float with 3 significant digits."""
+    return str(value) if isinstance(value, Stat) else f"{value:.3g}"
 
 
-def _fraction_of_peak_by(agg: Aggregate | None, step: int) -> float:
-    """How much of its peak over steps 1-100 a curve has reached by ``step``."""
-    if agg is None:
-        return float("nan")
-    early = agg.mean[(agg.steps >= EARLY[0]) & (agg.steps <= EARLY[1])]
-    peak = early.max() if len(early) else float("nan")
-    return agg.at(step) / peak if peak > 0 else float("nan")
+def _judge(claim: str, rule: str, parts: Mapping[str, Numbers], test: Callable[[], bool]) -> Verdict:
+    """The verdict on ``claim``: ``test()`` when every number of ``parts`` (heading -> numbers)
+    was measured, else not measured; the numbers are listed either way."""
+    measured = "; ".join(f"{heading}: {_listing(numbers)}" for heading, numbers in parts.items())
+    complete = all(value is not None for numbers in parts.values() for value in numbers.values())
+    return Verdict(claim, rule, measured, bool(test()) if complete else None)
 
 
-def verdicts(runs: list[Run], rows: list[dict[str, object]]) -> list[Verdict]:
-    """Each claim of DESIGN §5 against the measured numbers."""
-    v = _lookup(rows)
-    rescale = {o: v("leaky_relu", o, "rescale_dev_1_100") for o in ("l2o", *BASELINES)}
-    l2o_rescale = aggregate(select(runs, "leaky_relu", "l2o"), "symmetry/rescale/update/abs_sum")
-    scale_l2o = aggregate(select(runs, "bn_relu", "l2o"), "symmetry/scale/update/abs_sum")
-    scale_lion = aggregate(select(runs, "bn_relu", "lion"), "symmetry/scale/update/abs_sum")
-    reg = {o: v("leaky_relu", o, "loss_mean_1_200") for o in REGULARIZED}
-    alpha = {
-        "l2o_update": v("leaky_relu", "l2o", "alpha_update"),
-        "adam_update": v("leaky_relu", "adam", "alpha_update"),
-        "grad": v("leaky_relu", "adam", "alpha_grad"),
-    }
-    eig = {o: v("leaky_relu", o, "top_eig_median") for o in ("l2o", *BASELINES)}
-    norms = {
-        "l2o_first10": v("leaky_relu", "l2o", "update_norm_1_10"),
-        "adam_first10": v("leaky_relu", "adam", "update_norm_1_10"),
-        "l2o_last": v("leaky_relu", "l2o", "update_norm_last"),
-        "adam_last": v("leaky_relu", "adam", "update_norm_last"),
-    }
-    loss = {o: v("leaky_relu", o, "loss_mean_1_200") for o in ("l2o", "adam", "sgd")}
+def _named(stats: Mapping[str, Stat | None]) -> dict[str, Stat | None]:
+    return {NAMES.get(name, name): stat for name, stat in stats.items()}
 
-    def scale_shape() -> dict[str, float]:
-        if scale_l2o is None or scale_lion is None:
-            return {"l2o_peak_step": float("nan")}
-        peak = int(scale_l2o.steps[scale_l2o.mean.argmax()])
-        quarter = len(scale_lion.mean) // 4 or 1
-        return {
-            "l2o_peak_step": peak,
-            "l2o_last/peak": float(scale_l2o.mean[-1] / scale_l2o.mean.max()),
-            "lion_last_quarter/first_quarter": float(
-                scale_lion.mean[-quarter:].mean() / max(scale_lion.mean[:quarter].mean(), 1e-30)
-            ),
-            "sgd": v("bn_relu", "sgd", "scale_dev_1_100"),
-            "l2o": v("bn_relu", "l2o", "scale_dev_1_100"),
-        }
 
-    shape = scale_shape()
-    ordered_reg = [reg[o] for o in REGULARIZED]
+def fold_ratio(a: float, b: float) -> float:
+    """How many times apart two non-negative numbers are: ``max / min`` (inf when min is 0)."""
+    lo, hi = sorted((a, b))
+    return hi / lo if lo > 0 else math.inf
+
+
+def rescale_claim(deviation: Mapping[str, Stat | None], l2o_jump: Stat | None) -> Verdict:
+    """Claim 1 (Fig. 1 left). ``deviation``: mean of ``symmetry/rescale/update/abs_sum`` over
+    steps 1-100 of ``l2o``, ``lion``, ``adam``, ``sgd`` on leaky_relu; ``l2o_jump``: the L2O's
+    :func:`jump_fraction`. Holds when the L2O's mean is above :data:`FAR_ABOVE` x each other
+    mean, SGD's is at most :data:`NEAR_ZERO` x the largest of the others, and the L2O's jump
+    fraction is at least :data:`JUMP_FRACTION`."""
+    d = deviation
+    m = {k: s.mean for k, s in d.items() if s is not None}
+    return _judge(
+        "1. Rescale deviation (Leaky ReLU, steps 1-100): L2O far above Lion, Adam and SGD (SGD ~ 0); "
+        "L2O's jump within the first ~10 steps",
+        f"L2O > {FAR_ABOVE:g}x each other; SGD <= {NEAR_ZERO:g}x the largest other; L2O's max over "
+        f"steps 1-10 >= {JUMP_FRACTION:g}x its max over steps 1-100",
+        {"mean abs_sum over steps 1-100": _named(d),
+         "max over steps 1-10 / max over steps 1-100": {"L2O": l2o_jump}},
+        lambda: m["l2o"] > FAR_ABOVE * max(m["lion"], m["adam"], m["sgd"])
+        and m["sgd"] <= NEAR_ZERO * max(m["l2o"], m["lion"], m["adam"])
+        and l2o_jump.mean >= JUMP_FRACTION,
+    )
+
+
+def scale_claim(
+    deviation: Mapping[str, Stat | None], l2o_peak_step: Stat | None, l2o_late_over_peak: Stat | None,
+    lion_growth: Stat | None, lion_trend: Stat | None,
+) -> Verdict:
+    """Claim 2 (Fig. 1 right), on ``symmetry/scale/update/abs_sum`` of bn_relu over steps
+    1-100. ``deviation``: its mean for ``l2o``, ``lion``, ``sgd``; the L2O's
+    :func:`peak_step` and :func:`late_over_peak`; Lion's :func:`growth` and
+    :func:`block_trend`. Holds when the L2O peaks by :data:`EARLY_PEAK_STEP` and ends at most
+    :data:`DECAY_FRACTION` of its peak, Lion grows at least :data:`LION_GROWTH` x with a trend
+    of at least :data:`STEADY_RANK_CORRELATION`, and SGD is at most :data:`NEAR_ZERO` x the
+    larger of the L2O's and Lion's means."""
+    d = deviation
+    m = {k: s.mean for k, s in d.items() if s is not None}
+    return _judge(
+        "2. Scale deviation (BN + ReLU, steps 1-100): L2O spikes early then decays; Lion grows steadily; "
+        "SGD ~ 0",
+        f"L2O's peak at step <= {EARLY_PEAK_STEP} and its mean over steps 91-100 <= {DECAY_FRACTION:g}x "
+        f"the peak; Lion's mean over steps 91-100 >= {LION_GROWTH:g}x over steps 1-10 and the rank "
+        f"correlation of its {TREND_BLOCKS} block means with time >= {STEADY_RANK_CORRELATION:g}; "
+        f"SGD <= {NEAR_ZERO:g}x the larger of L2O and Lion",
+        {"mean abs_sum over steps 1-100": _named(d),
+         "L2O": {"peak step": l2o_peak_step, "steps 91-100 / peak": l2o_late_over_peak},
+         "Lion": {"steps 91-100 / steps 1-10": lion_growth, "trend": lion_trend}},
+        lambda: l2o_peak_step.mean <= EARLY_PEAK_STEP and l2o_late_over_peak.mean <= DECAY_FRACTION
+        and lion_growth.mean >= LION_GROWTH and lion_trend.mean >= STEADY_RANK_CORRELATION
+        and m["sgd"] <= NEAR_ZERO * max(m["l2o"], m["lion"]),
+    )
+
+
+def regularization_claim(loss: Mapping[str, Stat | None]) -> Verdict:
+    """Claim 3 (Fig. 2). ``loss``: mean train loss over steps 1-200 (the meta-training
+    horizon) on leaky_relu of each :data:`REGULARIZED` label. Holds when it rises strictly
+    with beta."""
+    ordered = sorted(REGULARIZED, key=REGULARIZED.get)
+    return _judge(
+        "3. Regularizing the deviation (beta = 0, 0.1, 0.5, 1) slows optimization, more the larger beta is",
+        "mean train loss over steps 1-200 strictly increasing in beta",
+        {"mean train loss over steps 1-200": {f"beta={REGULARIZED[o]:g}": loss.get(o) for o in ordered}},
+        lambda: all(loss[a].mean < loss[b].mean for a, b in zip(ordered, ordered[1:], strict=False)),
+    )
+
+
+def tail_index_claim(
+    l2o_update: Stat | None, adam_update: Stat | None, l2o_grad: Stat | None, adam_grad: Stat | None
+) -> Verdict:
+    """Claim 4 (Fig. 3 left). Mean over the probed steps 1-1000 of ``tail_index/update`` of
+    the L2O and of Adam and of ``tail_index/grad`` along both (leaky_relu). Holds when
+    alpha(L2O update) > alpha(Adam update) > alpha(gradient), the gradient's being the larger
+    of the two runs' (the least heavy-tailed gradient noise)."""
+    return _judge(
+        "4. alpha of L2O updates > alpha of Adam updates > alpha of gradients (Leaky ReLU, steps 1-1000)",
+        "L2O update > Adam update > the larger gradient alpha (along the L2O's and Adam's runs)",
+        {"mean alpha over the probed steps 1-1000": {
+            "L2O update": l2o_update, "Adam update": adam_update,
+            "gradient (L2O runs)": l2o_grad, "gradient (Adam runs)": adam_grad}},
+        lambda: l2o_update.mean > adam_update.mean > max(l2o_grad.mean, adam_grad.mean),
+    )
+
+
+def top_eig_claim(eig: Mapping[str, Stat | None]) -> Verdict:
+    """Claim 5 (Fig. 3 right). ``eig``: median of ``covariance/top_eig`` over the probed steps
+    1-1000 of ``l2o``, ``lion``, ``adam``, ``sgd`` (leaky_relu). Holds when L2O > Lion > both
+    Adam and SGD, and Adam and SGD are within :data:`ROUGHLY_EQUAL` x of each other."""
+    m = {k: s.mean for k, s in eig.items() if s is not None}
+    return _judge(
+        "5. Top eigenvalue of the update covariance: L2O > Lion > Adam ~ SGD (Leaky ReLU, steps 1-1000)",
+        f"L2O > Lion > max(Adam, SGD); Adam ~ SGD: within a factor {ROUGHLY_EQUAL:g}",
+        {"median over the probed steps 1-1000": _named(eig)},
+        lambda: m["l2o"] > m["lion"] > max(m["adam"], m["sgd"])
+        and fold_ratio(m["adam"], m["sgd"]) <= ROUGHLY_EQUAL,
+    )
+
+
+def update_size_claim(sizes: Mapping[str, Mapping[int, Stat]], optimizee: str) -> Verdict:
+    """Claim 6 (Fig. 9). ``sizes``: :func:`update_sizes` of ``l2o``, ``adam``, ``sgd``,
+    ``lion`` on ``optimizee``. With k the last of :data:`HISTOGRAM_STEPS` logged by both the
+    L2O and Adam: holds when at step 1 the L2O's mean ``|u|`` is above each baseline's, at
+    step k it is below its step-1 size, and L2O / Adam is closer to 1 at step k than at step
+    1 (:func:`fold_ratio`)."""
+    l2o, adam = sizes.get("l2o", {}), sizes.get("adam", {})
+    common = [s for s in HISTOGRAM_STEPS if s in l2o and s in adam]
+    last = common[-1] if len(common) > 1 and common[0] == 1 else None
+    setting = "Fig. 9's setting" if optimizee == "sigmoid" else "no sigmoid L2O runs"
+    ratios = {f"step {s}": l2o[s].mean / adam[s].mean for s in common if adam[s].mean > 0}
+    return _judge(
+        f"6. L2O's updates start largest and shrink towards Adam's ({optimizee} optimizee, {setting}; "
+        f"mean abs update at steps {', '.join(map(str, HISTOGRAM_STEPS))})",
+        "at step 1 L2O > each of Adam, SGD, Lion; at the last step both logged, L2O below its step-1 "
+        "size and L2O / Adam closer to 1 than at step 1",
+        {"step 1": {NAMES[o]: sizes.get(o, {}).get(1) for o in ("l2o", *BASELINES)},
+         f"step {last or 'k > 1'}": {"L2O": l2o.get(last), "Adam": adam.get(last)},
+         "L2O / Adam": ratios},
+        lambda: l2o[1].mean > max(sizes[o][1].mean for o in BASELINES) and l2o[last].mean < l2o[1].mean
+        and fold_ratio(l2o[last].mean, adam[last].mean) < fold_ratio(l2o[1].mean, adam[1].mean),
+    )
+
+
+def early_loss_claim(loss: Mapping[str, Stat | None]) -> Verdict:
+    """Claim 7 (Fig. 2's unregularized curve). ``loss``: mean train loss over steps 1-200 of
+    ``l2o``, ``adam``, ``sgd`` on leaky_relu, the optimizee the L2O was meta-trained on. Holds
+    when the L2O's is below both."""
+    m = {k: s.mean for k, s in loss.items() if s is not None}
+    return _judge(
+        "7. Unregularized L2O beats Adam and SGD early (Leaky ReLU, the optimizee it was meta-trained on)",
+        "L2O's mean train loss over steps 1-200 below Adam's and SGD's",
+        {"mean train loss over steps 1-200": _named(loss)},
+        lambda: m["l2o"] < min(m["adam"], m["sgd"]),
+    )
+
+
+def verdicts(runs: list[Run]) -> list[Verdict]:
+    """Each claim of DESIGN §5, judged on mean ± std over the seeds of the study's runs."""
+
+    def stat(optimizee: str, optimizer: str, tag: str, reduce: Callable) -> Stat | None:
+        return seed_stat(select(runs, optimizee, optimizer), tag, reduce)
+
+    four = ("l2o", "lion", "adam", "sgd")
+    rescale, scale = "symmetry/rescale/update/abs_sum", "symmetry/scale/update/abs_sum"
+    early, first_200 = partial(window_mean, window=STEPS_1_100), partial(window_mean, window=STEPS_1_200)
+    alpha, eig = partial(window_mean, window=STEPS_1_1000), partial(window_median, window=STEPS_1_1000)
+    alphas = (("update", "l2o"), ("update", "adam"), ("grad", "l2o"), ("grad", "adam"))
+    hist = histogram_optimizee(runs)
     return [
-        _verdict(
-            "1. Rescale deviation (Leaky ReLU): L2O far above Lion, Adam, SGD (SGD lowest, ~ 0); "
-            "L2O's jump within the first ~10 steps",
-            {**rescale, "l2o_reached_by_step10": _fraction_of_peak_by(l2o_rescale, 9)},
-            lambda: rescale["l2o"] > 3 * max(rescale["lion"], rescale["adam"], rescale["sgd"])
-            and rescale["sgd"] == min(rescale.values())
-            and _fraction_of_peak_by(l2o_rescale, 9) >= 0.5,
-        ),
-        _verdict(
-            "2. Scale deviation (BN+ReLU): L2O spikes early then decays; Lion grows steadily; SGD ~ 0",
-            shape,
-            lambda: shape["l2o_peak_step"] <= 20 and shape["l2o_last/peak"] < 0.5
-            and shape["lion_last_quarter/first_quarter"] > 1 and shape["sgd"] < 0.1 * shape["l2o"],
-        ),
-        _verdict(
-            "3. Regularizing the deviation (beta = 0, 0.1, 0.5, 1) slows optimization, more for larger beta",
-            reg,
-            lambda: ordered_reg == sorted(ordered_reg) and ordered_reg[-1] > ordered_reg[0],
-        ),
-        _verdict(
-            "4. alpha of L2O updates > alpha of Adam updates > alpha of gradients",
-            alpha,
-            lambda: alpha["l2o_update"] > alpha["adam_update"] > alpha["grad"],
-        ),
-        _verdict(
-            "5. Top eigenvalue of the update covariance: L2O > Lion > Adam ~ SGD",
-            eig,
-            lambda: eig["l2o"] > eig["lion"] > max(eig["adam"], eig["sgd"])
-            and max(eig["adam"], eig["sgd"]) / max(min(eig["adam"], eig["sgd"]), 1e-30) < 10,
-        ),
-        _verdict(
-            "6. L2O's updates start largest and shrink towards Adam's",
-            norms,
-            lambda: norms["l2o_first10"] > norms["adam_first10"]
-            and norms["l2o_last"] / norms["adam_last"] < norms["l2o_first10"] / norms["adam_first10"],
-        ),
-        _verdict(
-            "7. Unregularized L2O beats Adam and SGD early (mean train loss, steps 1-200, Leaky ReLU)",
-            loss,
-            lambda: loss["l2o"] < min(loss["adam"], loss["sgd"]),
-        ),
+        rescale_claim({o: stat("leaky_relu", o, rescale, early) for o in four},
+                      stat("leaky_relu", "l2o", rescale, jump_fraction)),
+        scale_claim({o: stat("bn_relu", o, scale, early) for o in ("l2o", "lion", "sgd")},
+                    stat("bn_relu", "l2o", scale, peak_step), stat("bn_relu", "l2o", scale, late_over_peak),
+                    stat("bn_relu", "lion", scale, growth), stat("bn_relu", "lion", scale, block_trend)),
+        regularization_claim({o: stat("leaky_relu", o, "train/loss", first_200) for o in REGULARIZED}),
+        tail_index_claim(*(stat("leaky_relu", o, f"tail_index/{kind}", alpha) for kind, o in alphas)),
+        top_eig_claim({o: stat("leaky_relu", o, "covariance/top_eig", eig) for o in four}),
+        update_size_claim({o: update_sizes(select(runs, hist, o)) for o in four}, hist),
+        early_loss_claim({o: stat("leaky_relu", o, "train/loss", first_200) for o in ("l2o", "adam", "sgd")}),
     ]
 
 
-def write_summary(rows: list[dict[str, object]], found: list[Verdict], out: Path) -> None:
-    """``summary.csv`` (every number) and ``summary.md`` (numbers + verdict table)."""
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def write_summary(rows: list[dict[str, object]], found: list[Verdict], out: Path, label: str) -> None:
+    """``summary.csv`` (every number) and ``summary.md`` (numbers + verdict table), titled ``label``."""
     columns = ["optimizee", "optimizer", "seeds", *SUMMARY_COLUMNS]
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -187,37 +376,95 @@ def write_summary(rows: list[dict[str, object]], found: list[Verdict], out: Path
     def fmt(value: object) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    lines = ["# Summary", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for row in rows]
-    lines += ["", "## Verdicts", "", "| claim | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {v.claim} | {v.measured} | {v.status} |" for v in found]
+    lines = [f"# Summary: {label}", "", "Seed means; steps are the paper's 1-based optimizee steps.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(fmt(row[c])) for c in columns) + " |" for row in rows]
+    lines += ["", f"## Verdicts: {label}", "",
+              f"| claim | verdict ({_cell(label)}) | measured (mean ± std over seeds) | holds when |",
+              "|---|---|---|---|"]
+    lines += [f"| {_cell(v.claim)} | {v.status} | {_cell(v.measured)} | {_cell(v.rule)} |" for v in found]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
-def build_report(logdir: str | Path, out: str | Path) -> list[Verdict]:
-    """Write every figure, ``summary.csv`` and ``summary.md`` for the study under ``logdir``."""
+def write_protocol_comparison(verdicts: dict[str, list[Verdict]], path: str | Path) -> None:
+    """One markdown table: a row per claim, a column per protocol (``name -> verdicts``, the
+    same claims in the same order) with its status and numbers, then the claims (numbered by
+    position) whose status differs between protocols."""
+    names = list(verdicts)
+    claims = [[v.claim for v in found] for found in verdicts.values()]
+    if any(c != claims[0] for c in claims):
+        raise ValueError(f"protocols {names} judged different claims: compare verdicts of one l2o-report")
+    lines = ["| claim | " + " | ".join(_cell(n) for n in names) + " |", "|---|" + "---|" * len(names)]
+    differ = []
+    for i, row in enumerate(zip(*verdicts.values(), strict=True)):
+        lines.append(f"| {_cell(row[0].claim)} | "
+                     + " | ".join(f"**{v.status}**: {_cell(v.measured)}" for v in row) + " |")
+        if len({v.status for v in row}) > 1:
+            differ.append(str(i + 1))
+    lines += ["", f"Verdicts differ for claim(s) {', '.join(differ)}." if differ
+              else "Same verdict under every protocol."]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def build_report(logdir: str | Path, out: str | Path, label: str | None = None) -> list[Verdict]:
+    """Write every figure, ``summary.csv`` and ``summary.md`` (titled ``label``, default the
+    logdir) for the study at ``logdir`` (see :func:`l2o_lightning.runs.discover_runs`, which
+    raises :class:`StudyLayoutError` when it is not a study); returns the verdicts."""
     from l2o_lightning import figures
 
     runs = discover_runs(logdir)
-    if not runs:
-        raise SystemExit(f"l2o-report: no runs under {logdir} (expected <optimizee>/<optimizer>/<seed>/)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs)
-    found = verdicts(runs, rows)
+    found = verdicts(runs)
     figures.write_all(runs, out)
-    write_summary(rows, found, out)
+    write_summary(rows, found, out, label or str(logdir))
     return found
+
+
+def _protocol(text: str) -> tuple[str, str]:
+    name, sep, logdir = text.partition("=")
+    if not sep or not name or not logdir:
+        raise argparse.ArgumentTypeError(f"expected NAME=LOGDIR, got {text!r}")
+    return name, logdir
+
+
+def folder_name(name: str) -> str:
+    """A protocol name as a folder name: runs of characters other than letters, digits,
+    ``.``, ``-``, ``_`` become ``_``."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "_"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="l2o-report", description=__doc__)
-    parser.add_argument("logdir", help="study log directory: <optimizee>/<optimizer>/<seed>/ runs")
+    parser.add_argument("logdir", nargs="?",
+                        help="a study (<optimizee>/<optimizer>/seed<k>/ runs), or l2o-reproduce's --out")
     parser.add_argument("--out", default="report", help="output directory for figures and summary")
+    parser.add_argument("--label", help="with LOGDIR: the study's name in summary.md (default: LOGDIR)")
+    parser.add_argument("--protocol", type=_protocol, action="append", default=[], metavar="NAME=LOGDIR",
+                        help="a study run under one protocol (repeat): reports in OUT/<NAME>/, verdicts "
+                             "side by side in OUT/protocols.md; instead of LOGDIR")
     args = parser.parse_args(argv)
-    for verdict in build_report(args.logdir, args.out):
-        print(verdict)
-    print(f"figures and summary in {args.out}/")
+    if (args.logdir is None) == (not args.protocol):
+        parser.error("give one LOGDIR or --protocol NAME=LOGDIR pairs, not both and not neither")
+    folders = [folder_name(name) for name, _ in args.protocol]
+    if len(set(folders)) < len(folders):
+        parser.error(f"protocol names must give distinct folders, got {folders}")
+    out = Path(args.out)
+    try:
+        if args.logdir is not None:
+            for verdict in build_report(args.logdir, out, args.label):
+                print(verdict)
+        else:
+            found = {}
+            for (name, logdir), folder in zip(args.protocol, folders, strict=True):
+                found[name] = build_report(logdir, out / folder, name)
+                print(f"== {name} ==")
+                print(*found[name], sep="\n")
+            write_protocol_comparison(found, out / "protocols.md")
+    except StudyLayoutError as err:
+        parser.exit(2, f"l2o-report: {err}\n")
+    print(f"figures and summary in {out}/")
 
 
 if __name__ == "__main__":

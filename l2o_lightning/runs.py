@@ -1,16 +1,27 @@
-"""A study's TensorBoard logs as data: runs laid out ``LOGDIR/<optimizee>/<optimizer>/<seed>/``
-(what ``l2o-reproduce`` writes), aggregated over seeds."""
+"""A study's TensorBoard logs as data: runs laid out ``LOGDIR/<optimizee>/<optimizer>/seed<k>/``
+(what ``l2o-reproduce`` writes under ``OUT/logs``), aggregated over seeds."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from l2o_lightning.tb import read_scalars
+from l2o_lightning.tb import read_scalars, summary_values
+
+LAYOUT = "<optimizee>/<optimizer>/seed<k>"
+SEED_DIR = re.compile(r"seed\d+")
+STUDY_SUBDIR = "logs"  # l2o-reproduce --out OUT logs its runs under OUT/logs
+EXAMPLES_SHOWN = 3  # misplaced folders named in a layout error
+HISTOGRAM_STEPS = (1, 5, 10, 30, 100, 500)  # the paper's update histograms (Fig. 9), 1-based steps
+
+
+class StudyLayoutError(ValueError):
+    """A folder that is not a study: no runs, or runs outside ``<optimizee>/<optimizer>/seed<k>``."""
 
 
 @dataclass
@@ -41,18 +52,58 @@ class Run:
             for event in accumulator.Histograms(tag)
         }
 
+    def pooled_histogram_mean(self, prefix: str) -> dict[int, float]:
+        """``step -> Σ sum / Σ num`` over every histogram tag starting with ``prefix``, i.e. the
+        mean of the values of all those histograms pooled (exact: from the histograms' ``sum``
+        and ``num``, not their buckets); only steps at which every such tag was logged; the
+        last value written for a (tag, step) wins. ``update_hist/`` gives mean ``|u|`` over all
+        parameters, equal to ``update/abs_mean`` where both are logged."""
+        latest: dict[tuple[str, int], tuple[float, float]] = {}
+        for step, value in summary_values(self.path):
+            if value.tag.startswith(prefix) and value.HasField("histo"):
+                latest[value.tag, step] = (value.histo.sum, value.histo.num)
+        tags = {tag for tag, _ in latest}
+        steps = {step for _, step in latest}
+        return {
+            step: sum(latest[t, step][0] for t in tags) / sum(latest[t, step][1] for t in tags)
+            for step in sorted(steps)
+            if all((t, step) in latest for t in tags)
+        }
+
+
+def study_root(logdir: str | Path) -> Path:
+    """Where the runs of the study at ``logdir`` lie: ``logdir/logs`` when that folder exists
+    (``logdir`` is an ``l2o-reproduce --out`` folder, whose ``meta_train/``, ``jobs/`` and
+    ``report/`` are not meta-test runs), else ``logdir`` itself."""
+    logdir = Path(logdir)
+    return logdir / STUDY_SUBDIR if (logdir / STUDY_SUBDIR).is_dir() else logdir
+
 
 def discover_runs(logdir: str | Path) -> list[Run]:
-    """Every run directory under ``logdir`` (one holding an event file), named by its path:
-    ``<optimizee>/<optimizer...>/<seed>``; shallower directories are skipped."""
-    logdir = Path(logdir)
-    runs = []
-    for run_dir in sorted({p.parent for p in logdir.rglob("events.out.tfevents.*")}):
-        parts = run_dir.relative_to(logdir).parts
-        if len(parts) < 3:
-            continue
-        runs.append(Run(parts[0], "/".join(parts[1:-1]), parts[-1], run_dir, read_scalars(run_dir)))
-    return runs
+    """Every run of the study at ``logdir`` (see :func:`study_root`), named by its path
+    ``<optimizee>/<optimizer>/seed<k>``.
+
+    Raises :class:`StudyLayoutError` when there is no run, or when any folder holding event
+    files sits elsewhere: runs that cannot be placed are never read, let alone averaged."""
+    root = study_root(logdir)
+    run_dirs = sorted({p.parent.relative_to(root) for p in root.rglob("events.out.tfevents.*")})
+    misplaced = [d for d in run_dirs if len(d.parts) != 3 or not SEED_DIR.fullmatch(d.parts[2])]
+    if run_dirs and not misplaced:
+        return [Run(*d.parts, root / d, read_scalars(root / d)) for d in run_dirs]
+    expected = (
+        f"a study has one folder {LAYOUT}/ per run, holding that run's event files, as l2o-reproduce "
+        f"writes under OUT/{STUDY_SUBDIR} (pass OUT or OUT/{STUDY_SUBDIR}); to log a run of your own "
+        "there, use --trainer.logger.init_args.save_dir DIR --trainer.logger.init_args.name "
+        "<optimizee>/<optimizer> --trainer.logger.init_args.version seed<k>"
+    )
+    if not run_dirs:
+        found = "found no event files (events.out.tfevents.*)"
+    else:
+        shown = ", ".join(str(d) for d in misplaced[:EXAMPLES_SHOWN])
+        more = f" and {len(misplaced) - EXAMPLES_SHOWN} more" if len(misplaced) > EXAMPLES_SHOWN else ""
+        found = (f"found {len(run_dirs)} folder(s) with event files, {len(misplaced)} of them not at "
+                 f"{LAYOUT} ({shown}{more}), so nothing was read")
+    raise StudyLayoutError(f"{root} is not a study: {found}. {expected[0].upper()}{expected[1:]}.")
 
 
 @dataclass(frozen=True)
@@ -90,6 +141,41 @@ def aggregate(runs: Iterable[Run], tag: str) -> Aggregate | None:
     return Aggregate(common, stacked.mean(0), stacked.std(0), len(series))
 
 
+@dataclass(frozen=True)
+class Stat:
+    """One number of a cell over its seeds: mean ± standard deviation (population, like the
+    figures' bands) of ``n`` per-seed values."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Stat:
+        values = np.asarray(list(values), dtype=float)
+        return cls(float(values.mean()), float(values.std()), len(values))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3g} ± {self.std:.2g}"
+
+
+Reduce = Callable[[np.ndarray, np.ndarray], float]  # (steps, values) of one run -> one number
+
+
+def seed_stat(runs: Iterable[Run], tag: str, reduce: Reduce) -> Stat | None:
+    """``reduce(steps, values)`` of ``tag`` in each run (seed), as mean ± std over the seeds
+    where it is a number; ``None`` when it is in none (no run, tag not logged, window empty)."""
+    values = [reduce(*run.series(tag)) for run in runs]
+    values = [v for v in values if not np.isnan(v)]
+    return Stat.of(values) if values else None
+
+
 def select(runs: Iterable[Run], optimizee: str, optimizer: str) -> list[Run]:
     """The seeds of one (optimizee, optimizer) cell."""
     return [r for r in runs if r.optimizee == optimizee and r.optimizer == optimizer]
+
+
+def histogram_optimizee(runs: list[Run]) -> str:
+    """The optimizee of the paper's update histograms (Fig. 9, :data:`HISTOGRAM_STEPS`):
+    ``sigmoid`` when the study has sigmoid L2O runs, else ``leaky_relu``."""
+    return "sigmoid" if select(runs, "sigmoid", "l2o") else "leaky_relu"
