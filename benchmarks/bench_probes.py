@@ -1,5 +1,5 @@
 """Cost of the probes: training time with each probe (default settings, every 10 steps) and
-with the paper's probe set (``configs/paper/probes.yaml``: the tail index over the whole
+with the paper's probe set (``configs/paper/base/probes.yaml``: the tail index over the whole
 training loader, 469 minibatches, the covariance over 93) relative to plain training, and
 unit gradients by ``torch.func`` vs a Python loop.
 
@@ -33,12 +33,12 @@ from l2o_lightning.optimizee_module import OptimizeeModule
 from l2o_lightning.optimizees import MLP
 
 WARMUP = 10
-PAPER_PROBES = Path(__file__).resolve().parents[1] / "configs" / "paper" / "probes.yaml"
+PAPER_PROBES = Path(__file__).resolve().parents[1] / "configs" / "paper" / "base" / "probes.yaml"
 
 
 def paper_probes() -> list[L.Callback]:
-    """The callbacks of ``configs/paper/probes.yaml`` (the same as ``configs/probes/all.yaml``)."""
-    callbacks = yaml.safe_load(PAPER_PROBES.read_text())["trainer"]["callbacks+"]
+    """The callbacks of ``configs/paper/base/probes.yaml`` (a list of class paths and arguments)."""
+    callbacks = yaml.safe_load(PAPER_PROBES.read_text())
     made = []
     for callback in callbacks:
         module, name = callback["class_path"].rsplit(".", 1)
@@ -155,7 +155,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    print(f"## Training with probes (every 10 steps; defaults, or paper = configs/paper/probes.yaml): "
+    print(f"## Training with probes (every 10 steps; defaults, or paper = configs/paper/base/probes.yaml): "
           f"{args.optimizer}, {args.steps} steps, {args.threads} thread(s)")
     print("\n| probes | ms / step | relative |\n|---|---|---|")
     best = dict.fromkeys(rows, float("inf"))

@@ -14,7 +14,7 @@ SCRIPTS = sorted((REPO / "benchmarks").glob("bench_*.py"))
 LAST_LINE = {
     "bench_meta": "peak RSS of this process",
     "bench_scale": "resumed from checkpoint of meta-step",
-    "bench_probes": "probes",
+    "bench_probes": "(whole loader)",
 }
 
 
