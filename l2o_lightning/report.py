@@ -1,7 +1,8 @@
 """``l2o-report LOGDIR --out DIR``: a study's TensorBoard logs -> the paper's figures,
-``summary.csv``/``summary.md`` and a verdict table of the paper's claims (DESIGN §5).
-``l2o-report --protocol NAME=LOGDIR ... --out DIR``: one report per protocol under
-``DIR/<NAME>/`` and ``DIR/protocols.md``, their verdicts side by side."""
+``summary.csv``/``summary.md`` and a verdict table of the paper's claims (DESIGN §5). Given
+``l2o-reproduce``'s ``--out`` (one study per protocol under ``logs/<protocol>/``), or
+``--protocol NAME=LOGDIR`` pairs: one report per protocol under ``DIR/<NAME>/`` and, with
+several, ``DIR/protocols.md``, their verdicts side by side."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from l2o_lightning.runs import (
     StudyLayoutError,
     aggregate,
     discover_runs,
+    find_studies,
     histogram_optimizee,
     seed_stat,
     select,
@@ -160,6 +162,8 @@ def update_sizes(cell: list[Run]) -> dict[int, Stat]:
 
 @dataclass(frozen=True)
 class Verdict:
+    """One claim of DESIGN §5 judged on one study."""
+
     claim: str
     rule: str  # when the claim holds, in terms of the measured numbers
     measured: str
@@ -437,8 +441,8 @@ def folder_name(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="l2o-report", description=__doc__)
-    parser.add_argument("logdir", nargs="?",
-                        help="a study (<optimizee>/<optimizer>/seed<k>/ runs), or l2o-reproduce's --out")
+    parser.add_argument("logdir", nargs="?", help="a study (<optimizee>/<optimizer>/seed<k>/ runs), or "
+                                                  "l2o-reproduce's --out (one study per protocol)")
     parser.add_argument("--out", default="report", help="output directory for figures and summary")
     parser.add_argument("--label", help="with LOGDIR: the study's name in summary.md (default: LOGDIR)")
     parser.add_argument("--protocol", type=_protocol, action="append", default=[], metavar="NAME=LOGDIR",
@@ -452,16 +456,20 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"protocol names must give distinct folders, got {folders}")
     out = Path(args.out)
     try:
+        # name -> (study, label, output folder)
+        studies = {name: (logdir, name, out / folder)
+                   for (name, logdir), folder in zip(args.protocol, folders, strict=True)}
         if args.logdir is not None:
-            for verdict in build_report(args.logdir, out, args.label):
-                print(verdict)
-        else:
-            found = {}
-            for (name, logdir), folder in zip(args.protocol, folders, strict=True):
-                found[name] = build_report(logdir, out / folder, name)
-                print(f"== {name} ==")
-                print(*found[name], sep="\n")
-            write_protocol_comparison(found, out / "protocols.md")
+            found = find_studies(args.logdir)
+            suffix = f", {args.label}" if args.label else ""
+            studies = ({"": (found[""], args.label or args.logdir, out)} if "" in found else
+                       {p: (path, f"{p} protocol{suffix}", out / p) for p, path in found.items()})
+        verdicts_by = {}
+        for name, (logdir, label, folder) in studies.items():
+            verdicts_by[name] = build_report(logdir, folder, label)
+            print(f"{label}:", *verdicts_by[name], sep="\n")
+        if len(studies) > 1:
+            write_protocol_comparison(verdicts_by, out / "protocols.md")
     except StudyLayoutError as err:
         parser.exit(2, f"l2o-report: {err}\n")
     print(f"figures and summary in {out}/")

@@ -79,6 +79,47 @@ def study_root(logdir: str | Path) -> Path:
     return logdir / STUDY_SUBDIR if (logdir / STUDY_SUBDIR).is_dir() else logdir
 
 
+def _run_dirs(root: Path) -> list[Path]:
+    return sorted({p.parent.relative_to(root) for p in root.rglob("events.out.tfevents.*")})
+
+
+def _placed(run_dir: Path, depth: int) -> bool:
+    return len(run_dir.parts) == depth and SEED_DIR.fullmatch(run_dir.parts[-1]) is not None
+
+
+def _not_a_study(root: Path, run_dirs: list[Path]) -> StudyLayoutError:
+    """The error naming what is at ``root`` and the layout a study has."""
+    if not run_dirs:
+        found = "found no event files (events.out.tfevents.*)"
+    else:
+        misplaced = [d for d in run_dirs if not _placed(d, 3)]
+        shown = ", ".join(str(d) for d in misplaced[:EXAMPLES_SHOWN])
+        more = f" and {len(misplaced) - EXAMPLES_SHOWN} more" if len(misplaced) > EXAMPLES_SHOWN else ""
+        found = (f"found {len(run_dirs)} folder(s) with event files, {len(misplaced)} of them not at "
+                 f"{LAYOUT} ({shown}{more}), so nothing was read")
+    return StudyLayoutError(
+        f"{root} is not a study: {found}. A study has one folder {LAYOUT}/ per run, holding that run's "
+        f"event files; l2o-reproduce --out OUT writes one study per protocol, OUT/{STUDY_SUBDIR}/<protocol>/"
+        f"{LAYOUT} (pass OUT, OUT/{STUDY_SUBDIR} or OUT/{STUDY_SUBDIR}/<protocol>). To log a run of your "
+        "own into a study, use --trainer.logger.init_args.save_dir DIR --trainer.logger.init_args.name "
+        "<optimizee>/<optimizer> --trainer.logger.init_args.version seed<k>."
+    )
+
+
+def find_studies(logdir: str | Path) -> dict[str, Path]:
+    """The studies at ``logdir`` (see :func:`study_root`): ``{"": root}`` when every run sits at
+    ``<optimizee>/<optimizer>/seed<k>``, ``{protocol: root/protocol}`` when every run sits at
+    ``<protocol>/<optimizee>/<optimizer>/seed<k>`` (``l2o-reproduce``'s one study per
+    protocol); any other layout raises :class:`StudyLayoutError`."""
+    root = study_root(logdir)
+    run_dirs = _run_dirs(root)
+    if run_dirs and all(_placed(d, 3) for d in run_dirs):
+        return {"": root}
+    if run_dirs and all(_placed(d, 4) for d in run_dirs):
+        return {protocol: root / protocol for protocol in sorted({d.parts[0] for d in run_dirs})}
+    raise _not_a_study(root, run_dirs)
+
+
 def discover_runs(logdir: str | Path) -> list[Run]:
     """Every run of the study at ``logdir`` (see :func:`study_root`), named by its path
     ``<optimizee>/<optimizer>/seed<k>``.
@@ -86,24 +127,10 @@ def discover_runs(logdir: str | Path) -> list[Run]:
     Raises :class:`StudyLayoutError` when there is no run, or when any folder holding event
     files sits elsewhere: runs that cannot be placed are never read, let alone averaged."""
     root = study_root(logdir)
-    run_dirs = sorted({p.parent.relative_to(root) for p in root.rglob("events.out.tfevents.*")})
-    misplaced = [d for d in run_dirs if len(d.parts) != 3 or not SEED_DIR.fullmatch(d.parts[2])]
-    if run_dirs and not misplaced:
+    run_dirs = _run_dirs(root)
+    if run_dirs and all(_placed(d, 3) for d in run_dirs):
         return [Run(*d.parts, root / d, read_scalars(root / d)) for d in run_dirs]
-    expected = (
-        f"a study has one folder {LAYOUT}/ per run, holding that run's event files, as l2o-reproduce "
-        f"writes under OUT/{STUDY_SUBDIR} (pass OUT or OUT/{STUDY_SUBDIR}); to log a run of your own "
-        "there, use --trainer.logger.init_args.save_dir DIR --trainer.logger.init_args.name "
-        "<optimizee>/<optimizer> --trainer.logger.init_args.version seed<k>"
-    )
-    if not run_dirs:
-        found = "found no event files (events.out.tfevents.*)"
-    else:
-        shown = ", ".join(str(d) for d in misplaced[:EXAMPLES_SHOWN])
-        more = f" and {len(misplaced) - EXAMPLES_SHOWN} more" if len(misplaced) > EXAMPLES_SHOWN else ""
-        found = (f"found {len(run_dirs)} folder(s) with event files, {len(misplaced)} of them not at "
-                 f"{LAYOUT} ({shown}{more}), so nothing was read")
-    raise StudyLayoutError(f"{root} is not a study: {found}. {expected[0].upper()}{expected[1:]}.")
+    raise _not_a_study(root, run_dirs)
 
 
 @dataclass(frozen=True)

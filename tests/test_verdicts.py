@@ -19,7 +19,7 @@ from l2o_lightning.report import (
     ROUGHLY_EQUAL,
     STEADY_RANK_CORRELATION,
 )
-from l2o_lightning.runs import Stat, StudyLayoutError, aggregate, discover_runs, select
+from l2o_lightning.runs import Stat, StudyLayoutError, aggregate, discover_runs, find_studies, select
 
 
 def s(mean: float, std: float = 0.0) -> Stat:
@@ -341,6 +341,8 @@ def test_cli_reports_each_protocol_and_their_comparison(synthetic_study, tmp_pat
     assert (tmp_path / "paper_protocol" / "summary.md").read_text().startswith("# Summary: paper protocol\n")
     assert (tmp_path / "clean" / "fig1_symmetry.png").exists()
     assert (tmp_path / "protocols.md").read_text().splitlines()[-1] == "Same verdict under every protocol."
+    report.main(["--protocol", f"alone={synthetic_study}", "--out", str(tmp_path / "one")])
+    assert not (tmp_path / "one" / "protocols.md").exists()  # nothing to put side by side
 
 
 @pytest.mark.parametrize("argv", [[], ["some/logdir", "--protocol", "a=b"], ["--protocol", "no-equals-sign"]])
@@ -360,7 +362,22 @@ def test_a_study_output_folder_is_read_from_its_logs(tmp_path):
     assert [(r.optimizee, r.optimizer, r.seed) for r in runs] == [("leaky_relu", "adam", "seed0")]
 
 
+def test_a_reproduce_folder_gives_one_report_per_protocol_and_their_comparison(tmp_path):
+    for protocol, loss in (("paper", 1.0), ("clean", 2.0)):
+        run_dir = tmp_path / "logs" / protocol / "leaky_relu" / "adam" / "seed0"
+        write_run(run_dir, {"train/loss": const(0, 9, loss)})
+    write_run(tmp_path / "meta_train" / "leaky_relu", {"meta/loss": const(0, 9, 1.0)})
+    assert find_studies(tmp_path) == {p: tmp_path / "logs" / p for p in ("clean", "paper")}
+    report.main([str(tmp_path), "--out", str(tmp_path / "r")])
+    for protocol, loss in (("paper", "1"), ("clean", "2")):
+        summary = (tmp_path / "r" / protocol / "summary.md").read_text()
+        assert summary.startswith(f"# Summary: {protocol} protocol\n")
+        assert f"| leaky_relu | adam | 1 | {loss} |" in summary
+    assert (tmp_path / "r" / "protocols.md").read_text().startswith("| claim | clean | paper |")
+
+
 @pytest.mark.parametrize("folders, named", [
+    (["paper/leaky_relu/adam/seed0", "leaky_relu/adam/seed0"], "paper/leaky_relu/adam/seed0"),  # mixed
     (["version_0", "version_1"], "version_0, version_1"),  # lightning_logs of two unrelated runs
     (["paper/leaky_relu/adam/version_0"], "paper/leaky_relu/adam/version_0"),
     (["leaky_relu/adam/seed0", "leaky_relu/adam/version_0"], "leaky_relu/adam/version_0"),
