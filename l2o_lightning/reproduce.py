@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -184,38 +185,72 @@ class Study:
         marker = self._marker(job)
         return marker.exists() and marker.read_text().strip() == job.fingerprint
 
-    def run(self, jobs: list[Job], execute=None) -> list[Job]:
-        """Run every job not done yet (printing its command); returns the jobs that failed."""
+    def run(self, jobs: list[Job], execute=None, parallel: int = 1) -> list[Job]:
+        """Run every job not done yet (printing its command), ``parallel`` at a time (each
+        meta-test once its meta-training is done); returns the jobs that failed."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm import tqdm
 
-        execute = execute or _run_l2o
+        execute = execute or (_run_l2o if parallel == 1 else _run_l2o_subprocess)
         failed: list[Job] = []
-        bar = tqdm(jobs, desc="study", unit="run", file=sys.stdout)
-        for job in bar:
-            if self.is_done(job):
-                continue
-            if job.checkpoint_of and not checkpoint_path(self.out, job.checkpoint_of).exists():
-                failed.append(job)
-                continue
-            args = list(job.args)
-            partial = self.out / job.name / "checkpoints" / "last.ckpt"
-            if job.name.startswith("meta_train/") and partial.exists():
-                args += ["--ckpt_path", str(partial)]  # an interrupted meta-training resumes
-            else:
-                shutil.rmtree(self.out / job.name, ignore_errors=True)
-            bar.write(f"$ l2o {shlex.join(args)}")
-            started = time.perf_counter()
-            if execute(args) == 0:
-                if job.name.startswith("meta_train/"):
-                    publish_best_checkpoint(self.out, job.name)
-                marker = self._marker(job)
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text(job.fingerprint + "\n")
-                bar.write(f"  done in {time.perf_counter() - started:.0f} s")
-            else:
-                bar.write(f"  FAILED: {job.name}")
-                failed.append(job)
+        bar = tqdm(total=len(jobs), desc="study", unit="run", file=sys.stdout)
+        trainings = [job for job in jobs if job.name.startswith("meta_train/")]
+        tests = [job for job in jobs if not job.name.startswith("meta_train/")]
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            mapper = map if parallel == 1 else pool.map  # one at a time: in this thread, in order
+            try:
+                for phase in (trainings, tests):  # meta-tests load the trainings' checkpoints
+                    done = mapper(lambda job: self._run_one(job, execute, bar), phase)
+                    for job, ok in zip(phase, done, strict=True):
+                        bar.update()
+                        if not ok:
+                            failed.append(job)
+            except BaseException:  # an interrupted study starts nothing more
+                pool.shutdown(cancel_futures=True)
+                raise
+        bar.close()
         return failed
+
+    def _run_one(self, job: Job, execute, bar) -> bool:
+        """Run one job unless it is done; whether it is done now."""
+        if self.is_done(job):
+            return True
+        if job.checkpoint_of and not checkpoint_path(self.out, job.checkpoint_of).exists():
+            return False
+        args = list(job.args)
+        partial = self.out / job.name / "checkpoints" / "last.ckpt"
+        if job.name.startswith("meta_train/") and partial.exists():
+            args += ["--ckpt_path", str(partial)]  # an interrupted meta-training resumes
+        else:
+            shutil.rmtree(self.out / job.name, ignore_errors=True)
+        bar.write(f"$ l2o {shlex.join(args)}")
+        started = time.perf_counter()
+        if execute(args) != 0:
+            bar.write(f"  FAILED: {job.name}")
+            return False
+        if job.name.startswith("meta_train/"):
+            publish_best_checkpoint(self.out, job.name)
+        marker = self._marker(job)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(job.fingerprint + "\n")
+        bar.write(f"  done in {time.perf_counter() - started:.0f} s: {job.name}")
+        return True
+
+
+def _run_l2o_subprocess(args: list[str]) -> int:
+    """Run ``l2o`` in its own process from :data:`REPO_ROOT` (one thread; its output to the
+    run's ``l2o.log``); its exit status."""
+    save_dir = Path(args[args.index("--trainer.logger.init_args.save_dir") + 1])
+    name = args[args.index("--trainer.logger.init_args.name") + 1]
+    version = args[args.index("--trainer.logger.init_args.version") + 1]
+    log = save_dir / "jobs" / name / f"{version}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with log.open("w") as output:
+        command = [sys.executable, "-m", "l2o_lightning.cli", *args]
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    return done.returncode
 
 
 def _run_l2o(args: list[str]) -> int:
@@ -254,11 +289,16 @@ def report(out: Path, protocols: list[str], preset: Preset) -> None:
     """One report per protocol under ``out/report/<protocol>`` and, with both, their verdicts
     side by side in ``out/report/protocols.md``."""
     from l2o_lightning.report import build_report, write_protocol_comparison
+    from l2o_lightning.runs import StudyLayoutError
 
     verdicts = {}
     for protocol in protocols:
         label = f"{protocol} protocol, {preset.label}"
-        verdicts[protocol] = build_report(out / "logs" / protocol, out / "report" / protocol, label=label)
+        try:
+            verdicts[protocol] = build_report(out / "logs" / protocol, out / "report" / protocol, label=label)
+        except StudyLayoutError as err:  # e.g. no run of this protocol finished
+            print(f"no report for the {protocol} protocol: {err}", file=sys.stderr)
+            continue
         print(f"\n{label}:")
         for verdict in verdicts[protocol]:
             print(verdict)
@@ -282,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                              "meta-training them")
     parser.add_argument("--trajectories", type=int, default=None,
                         help="meta-training budget per learned optimizer (default: the preset's)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, each in its own one-thread process (e.g. the core count)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     if args.trajectories is not None:
@@ -314,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"l2o-reproduce --preset {args.preset} --protocol {args.protocol}: {len(jobs)} runs "
           f"({todo} to do), expected about {preset.minutes} min for the full study on 2 CPU cores; "
           f"results in {out}; commands run from {REPO_ROOT}")
-    failed = study.run(jobs)
+    failed = study.run(jobs, parallel=max(1, args.jobs))
     report(out, protocols, preset)
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(j.name for j in failed), file=sys.stderr)

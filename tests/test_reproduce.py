@@ -5,7 +5,17 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from l2o_lightning.reproduce import FIGURES, GRID, PRESETS, PROTOCOLS, Study, _run_l2o, checkpoint_path, plan
+from l2o_lightning.reproduce import (
+    FIGURES,
+    GRID,
+    PRESETS,
+    PROTOCOLS,
+    Study,
+    _run_l2o,
+    _run_l2o_subprocess,
+    checkpoint_path,
+    plan,
+)
 
 
 def _configs(job):
@@ -104,6 +114,39 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path):
     assert checkpoint_path(tmp_path, "meta_train/bn_relu").read_text() == "meta_train/bn_relu"
 
 
+def test_parallel_study_runs_every_meta_test_after_all_meta_trainings(tmp_path):
+    import threading
+    import time
+
+    jobs = plan(PRESETS["quick"], tmp_path, seeds=1, only=["fig1"])
+    events, running, lock = [], [0], threading.Lock()
+
+    def execute(args):
+        name = _name_of(args)
+        with lock:
+            running[0] += 1
+            events.append(("start", name, running[0]))
+        time.sleep(0.01)
+        if name.startswith("meta_train/"):
+            (tmp_path / name / "checkpoints").mkdir(parents=True)
+            (tmp_path / name / "checkpoints" / "best-step9.ckpt").write_text(name)
+        with lock:
+            running[0] -= 1
+            events.append(("end", name, running[0]))
+        return 0
+
+    assert Study(tmp_path).run(jobs, execute, parallel=2) == []
+    starts = [name for kind, name, _ in events if kind == "start"]
+    assert sorted(starts) == sorted(job.name for job in jobs)
+    last_training_end = max(i for i, (kind, name, _) in enumerate(events)
+                            if kind == "end" and name.startswith("meta_train/"))
+    first_test_start = min(i for i, (kind, name, _) in enumerate(events)
+                           if kind == "start" and name.startswith("logs/"))
+    assert last_training_end < first_test_start
+    assert max(count for kind, _, count in events if kind == "start") == 2  # two at a time, never more
+    assert all(Study(tmp_path).is_done(job) for job in jobs)
+
+
 def test_interrupted_meta_training_resumes_from_its_last_checkpoint(tmp_path):
     jobs = plan(PRESETS["quick"], tmp_path, seeds=1, only=["fig3"])
     partial = tmp_path / "meta_train" / "leaky_relu" / "checkpoints" / "last.ckpt"
@@ -129,13 +172,14 @@ def test_meta_tests_of_a_failed_meta_training_are_reported_not_run(tmp_path):
 
 
 @pytest.mark.mnist
-def test_study_commands_run_from_any_working_directory(mnist_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("runner", [_run_l2o, _run_l2o_subprocess], ids=["in_process", "subprocess"])
+def test_study_commands_run_from_any_working_directory(runner, mnist_dir, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # configs/ is not here: the study's runs start in the repository
     job = next(j for j in plan(PRESETS["quick"], tmp_path, seeds=1, only=["lion_sgd"])
                if j.name == "logs/paper/sigmoid_100_100/sgd/seed0")
-    assert _run_l2o([*job.args, "--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false"]) == 0
+    assert runner([*job.args, "--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false"]) == 0
     assert Path.cwd() == elsewhere
     assert list((tmp_path / job.name).glob("events.out.tfevents.*"))
 
