@@ -132,7 +132,8 @@ class MetaTrainModule(L.LightningModule):
         grad_clip: clip the meta-gradient to this global norm; ``None`` does not clip.
         trajectories: meta-training budget in trajectories over all tasks and processes: the
             run stops after ``ceil(trajectories / (tasks_per_step * processes))`` rounds of
-            ``n_iters / unroll`` meta-steps; ``None`` leaves the length to ``trainer.max_steps``.
+            ``n_iters / unroll`` meta-steps (the trainer's ``max_steps`` unless that is smaller; it
+            validates after the last one); ``None`` leaves the length to ``trainer.max_steps``.
         max_diverged_in_a_row: diverged truncations in a row that stop the run.
         epoch_trajectories: completed trajectories (over all tasks and processes) per
             ``meta/epoch_loss`` (paper: 20).
@@ -207,6 +208,7 @@ class MetaTrainModule(L.LightningModule):
     def on_fit_start(self) -> None:
         world, rank = self.trainer.world_size, self.global_rank
         self.task_ids = [k * world + rank for k in range(self.hparams.tasks_per_step)]
+        self.limit_steps_to_budget()
         state, self.resume_state = self.resume_state, None
         if state is None:
             # seeded like the datamodule: seed_everything fixes the whole meta-training run
@@ -350,13 +352,20 @@ class MetaTrainModule(L.LightningModule):
             )
         return x.view(unroll, tasks, *x.shape[1:]), y.view(unroll, tasks, *y.shape[1:])
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def limit_steps_to_budget(self) -> None:
+        """Make ``trajectories`` the trainer's ``max_steps`` (or a smaller ``trainer.max_steps``):
+        the progress bar shows the total, and a resumed run that is done takes no step."""
         budget = self.hparams.trajectories
         if budget is None:
             return
         rounds = math.ceil(budget / (self.hparams.tasks_per_step * self.trainer.world_size))
-        if self.global_step >= rounds * (self.hparams.n_iters // self.hparams.unroll):
-            self.trainer.should_stop = True
+        steps = rounds * (self.hparams.n_iters // self.hparams.unroll)
+        loop = self.trainer.fit_loop.epoch_loop
+        loop.max_steps = steps if loop.max_steps < 0 else min(loop.max_steps, steps)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if 0 < self.trainer.max_steps <= self.global_step:
+            self.trainer.should_stop = True  # stopping this way validates at the end, whatever the interval
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.net.parameters(), lr=0.01)

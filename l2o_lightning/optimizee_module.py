@@ -18,7 +18,9 @@ class OptimizeeModule(L.LightningModule):
     """Train an :class:`~l2o_lightning.optimizees.MLP` with automatic optimization.
 
     Logs ``train/loss`` and ``train/acc`` every optimizee step, and ``test/loss`` and
-    ``test/acc`` over the MNIST test split at every validation and in ``l2o test``.
+    ``test/acc`` over the MNIST test split at every validation (every
+    ``trainer.val_check_interval`` steps and after the last step, ``trainer.max_steps``) and in
+    ``l2o test``.
 
     Args:
         hidden: hidden layer widths (paper: ``[20]``).
@@ -52,6 +54,10 @@ class OptimizeeModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if 0 < self.trainer.max_steps <= self.global_step:
+            self.trainer.should_stop = True  # stopping this way validates at the end, whatever the interval
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, logits, y = self.model_step(batch)
