@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
 import re
 import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
-from jsonargparse import ArgumentError
+import yaml
+from jsonargparse import ArgumentError, Namespace
+from jsonargparse.typing import import_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from l2o_lightning import REPO_ROOT
 from l2o_lightning.data import MNISTDataModule
@@ -19,6 +24,8 @@ from l2o_lightning.learned import read_checkpoint
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CKPT_KEYWORDS = ("last", "best", "hpc")  # resolved by Lightning itself
+# data settings a resumed run may change: where the files lie and how the test split is batched
+DATA_FREE_ON_RESUME = ("data_dir", "download", "eval_batch_size")
 
 
 class L2OCLI(LightningCLI):
@@ -26,24 +33,40 @@ class L2OCLI(LightningCLI):
 
     Checkpoints are read with ``weights_only=True`` unless ``--weights_only false`` is given;
     a ``--ckpt_path`` file is checked before anything runs (missing, unreadable, or written by
-    another model: one-paragraph error). ``--ckpt_path last`` resumes the newest run of the
-    configured TensorBoard logger that has a ``checkpoints/last.ckpt`` and logs into that
-    run's directory (unless ``trainer.logger.init_args.version`` is set).
+    another model: one-paragraph error; resuming, ``fit``, also by a run with other settings).
+    ``--ckpt_path last`` resumes the newest run of the configured TensorBoard logger that has a
+    ``checkpoints/last.ckpt`` and logs into that run's directory (unless
+    ``trainer.logger.init_args.version`` is set). A run given a checkpoint writes its
+    ``config.yaml`` only once the checkpoint is restored (:class:`SaveConfigAfterRestore`).
     """
 
     def parse_arguments(self, parser, args) -> None:
-        super().parse_arguments(parser, args)
-        config = self.config.get(self.config.get("subcommand") or "", None)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            argv = list(sys.argv[1:] if args is None else args)
+            unknown = _unknown_setting(str(err), argv, self._subcommand_parsers)
+            if unknown is None:
+                raise
+            raise ConfigError(unknown) from None
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand or "", None)
         if config is None:
             return
         if config.get("weights_only") is None:
             config["weights_only"] = True
         _fill_run_name(config)
+        _check_log_dir(config)
         ckpt_path = config.get("ckpt_path")
+        if ckpt_path is not None and not str(ckpt_path).strip():
+            raise ConfigError(
+                "`ckpt_path` is empty (an unset shell variable?): pass a checkpoint file, `last` to resume "
+                "the newest run of this config, or leave out `--ckpt_path` to start afresh."
+            )
         if ckpt_path == "last":
-            _resume_logger_version(config)
-        elif ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in ckpt_path:
-            _check_checkpoint(ckpt_path, config)
+            ckpt_path = _resume_logger_version(config)
+        if ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in str(ckpt_path):
+            _check_checkpoint(ckpt_path, config, resuming=subcommand == "fit")
 
     def instantiate_classes(self) -> None:
         try:
@@ -51,10 +74,43 @@ class L2OCLI(LightningCLI):
         except ValueError as err:  # a constructor rejected a configured value
             raise ConfigError(_innermost_reason(str(err))) from None
 
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        # Lightning builds the configured optimizer here: name the setting its error is about
+        try:
+            super()._add_configure_optimizers_method_to_model(subcommand)
+        except ConfigError:
+            raise
+        except (ValueError, AssertionError) as err:
+            optimizer = self._get(self.config, "optimizer")
+            raise ConfigError(_optimizer_error(err, optimizer)) from None
 
-def _check_checkpoint(ckpt_path: str, config) -> None:
+
+class SaveConfigAfterRestore(SaveConfigCallback):
+    """Lightning's ``config.yaml`` of the run, except that a run given a ``ckpt_path`` writes it
+    only once the checkpoint is restored, as its stage starts: a resume that fails leaves the
+    saved config of the run it tried to resume as it was."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.config.get("ckpt_path") is None:
+            super().setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().setup(trainer, pl_module, "fit")  # a no-op once saved
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().setup(trainer, pl_module, "validate")
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().setup(trainer, pl_module, "test")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().setup(trainer, pl_module, "predict")
+
+
+def _check_checkpoint(ckpt_path: str | Path, config, resuming: bool) -> None:
     """A :class:`ConfigError` unless ``ckpt_path`` reads with ``weights_only=True`` and was
-    written by the configured model class."""
+    written by the configured model class; ``resuming``: also by a run whose saved model and data
+    settings are the configured ones (except :data:`DATA_FREE_ON_RESUME`)."""
     where = f"checkpoint '{ckpt_path}' (setting `ckpt_path`)"
     hint = "pass a checkpoint written by an `l2o fit` run with this config, or `--ckpt_path last`"
     content = read_checkpoint(ckpt_path, where, hint)
@@ -64,6 +120,77 @@ def _check_checkpoint(ckpt_path: str, config) -> None:
     configured = model.get("class_path") if hasattr(model, "get") else None
     if written_by and configured and written_by != configured:
         raise ConfigError(f"{where} was written by {written_by}, but the model is {configured}; {hint}.")
+    differ = _differing_settings(content, config) if resuming else []
+    if differ:
+        run = Path(ckpt_path).expanduser().parent.parent
+        resume = "`l2o fit` with the config it was trained with"
+        if (run / "config.yaml").is_file():
+            resume = (f"`l2o fit -c {run / 'config.yaml'} --ckpt_path {ckpt_path} "
+                      f"--trainer.logger.init_args.version {run.name}`")
+        raise ConfigError(
+            f"{where} was written by a run with other settings than this config: {'; '.join(differ)}. "
+            "Resuming would continue that run under settings it was not trained with. To resume it as it "
+            f"was, run {resume}; to train with these settings, start a new run (leave out `--ckpt_path`)."
+        )
+
+
+def _plain(value):
+    """A config value as plain data (jsonargparse namespaces as dicts, tuples as lists), to
+    compare with the one a checkpoint saved."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _differing_settings(content: dict, config) -> list[str]:
+    """The model and data settings whose configured value is not the one the checkpoint's run
+    saved (its ``hyper_parameters`` and ``datamodule_hyper_parameters``), each as a phrase."""
+    model = config.get("model")
+    model_args = model.get("init_args") if hasattr(model, "get") else None
+    sections = [
+        ("model", content.get("hyper_parameters"), model_args, ()),
+        ("data", content.get("datamodule_hyper_parameters"), config.get("data"), DATA_FREE_ON_RESUME),
+    ]
+    differ = []
+    for section, saved, configured, free in sections:
+        configured = _plain(configured) or {}
+        for key, value in (saved if isinstance(saved, dict) else {}).items():
+            if key.startswith("_") or key in free or _plain(value) == configured.get(key):
+                continue
+            here = configured.get(key)
+            differ.append(f"`{section}.{key}` is {here!r} here, {_plain(value)!r} in the checkpoint")
+    return differ
+
+
+def _check_log_dir(config) -> None:
+    """A :class:`ConfigError` unless the logger's folder (``save_dir``/``name``; without one,
+    ``trainer.default_root_dir``) exists as a writable folder or can be created as one."""
+    trainer = config.get("trainer") or {}
+    logger = trainer.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    save_dir = init_args.get("save_dir") if hasattr(init_args, "get") else None
+    if save_dir is not None:
+        setting, folder = "trainer.logger.init_args.save_dir", Path(save_dir)
+        if isinstance(init_args.get("name"), str):
+            folder = folder / init_args.get("name")
+    else:
+        setting, folder = "trainer.default_root_dir", Path(trainer.get("default_root_dir") or ".")
+    folder = folder.expanduser().absolute()
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        problem = f"'{existing}' is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"'{existing}' is not writable (no permission, or a read-only filesystem)"
+    else:
+        return
+    raise ConfigError(
+        f"the run cannot write its logs and checkpoints to '{folder}' (setting `{setting}`): {problem}; "
+        f"set `--{setting}` to a folder you can write."
+    )
 
 
 def optimizee_name(hidden: list[int], activation: str, batchnorm: bool) -> str:
@@ -106,22 +233,114 @@ def _fill_run_name(config) -> None:
         ) from None
 
 
-def _resume_logger_version(config) -> None:
+def _resume_logger_version(config) -> Path | None:
     """Point an unversioned TensorBoard logger at the newest ``version_<n>`` run that holds a
-    ``checkpoints/last.ckpt``, so ``--ckpt_path last`` finds it and the curves continue there."""
+    ``checkpoints/last.ckpt``, so ``--ckpt_path last`` finds it and the curves continue there;
+    the ``last.ckpt`` of the logger's run (``None`` when it has none)."""
     logger = config.get("trainer", {}).get("logger")
     if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
-        return
+        return None
     init_args = logger.get("init_args")
-    if init_args is None or init_args.get("version") is not None:
-        return
+    if init_args is None:
+        return None
     runs = Path(init_args.get("save_dir") or ".") / (init_args.get("name") or "lightning_logs")
-    versions = [
-        int(match.group(1)) for path in runs.glob("version_*/checkpoints/last.ckpt")
-        if (match := re.fullmatch(r"version_(\d+)", path.parent.parent.name))
-    ]
-    if versions:
+    if init_args.get("version") is None:
+        versions = [
+            int(match.group(1)) for path in runs.glob("version_*/checkpoints/last.ckpt")
+            if (match := re.fullmatch(r"version_(\d+)", path.parent.parent.name))
+        ]
+        if not versions:
+            return None
         init_args["version"] = max(versions)
+    version = init_args["version"]
+    run = runs / (f"version_{version}" if isinstance(version, int) else str(version))
+    last = run / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def _unknown_setting(message: str, argv: list[str], subcommand_parsers: dict) -> str | None:
+    """One paragraph for jsonargparse's report of an unknown key: the key, where it was given
+    (the command line, a ``-c`` file), the closest valid key and the class's settings; ``None``
+    when ``message`` reports something else."""
+    subcommand = next((token for token in argv if token in SUBCOMMANDS), None)
+    match = re.search(
+        r'Parser key "(\w+)":.*?Problem with given class_path \'([\w.]+)\':\s*'
+        r"Option '(\w+)' is not accepted", message, flags=re.DOTALL,
+    )
+    if match:
+        section, class_path, key = match.groups()
+        # Lightning passes an optimizer the model's parameters, and a scheduler its optimizer
+        linked = {"optimizer": ("params",), "lr_scheduler": ("optimizer",)}.get(section, ())
+        valid = _init_settings(class_path, skip=linked)
+        path = [section, "init_args", key]
+        return (f"`{section}.init_args.{key}`{_given_in(argv, path)} is not a setting of {class_path}"
+                f"{_did_you_mean(key, valid)} Its settings: {', '.join(valid) or 'none'}.")
+    match = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", message)
+    if match is None or subcommand not in subcommand_parsers:
+        return None
+    key = match.group(1) or match.group(2)
+    valid = [action.dest for action in subcommand_parsers[subcommand]._actions if action.dest != "help"]
+    return (f"`{key}`{_given_in(argv, key.split('.'))} is not a setting of `l2o {subcommand}`"
+            f"{_did_you_mean(key, valid)} Run `l2o {subcommand} --help` for the accepted settings.")
+
+
+def _init_settings(class_path: str, skip: tuple[str, ...]) -> list[str]:
+    """The keyword settings of a class's constructor, ``skip`` left out."""
+    parameters = inspect.signature(import_object(class_path)).parameters.values()
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters if p.kind in keyword and p.name not in skip]
+
+
+def _did_you_mean(key: str, valid: list[str]) -> str:
+    """The end of the sentence naming an unknown ``key``: the closest ``valid`` key, if any is close."""
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"; did you mean `{close[0]}`?" if close else "."
+
+
+def _given_in(argv: list[str], path: list[str]) -> str:
+    """Where the setting at key ``path`` was given: " (on the command line)", " (in FILE)" for
+    each ``-c`` file holding it ('' when neither does). ``init_args`` may be left out."""
+    flags = {"--" + ".".join(path), "--" + ".".join(part for part in path if part != "init_args")}
+    places = ["on the command line"] if any(token.split("=", 1)[0] in flags for token in argv) else []
+    files = [argv[i + 1] for i, token in enumerate(argv[:-1]) if token in ("-c", "--config")]
+    files += [token.split("=", 1)[1] for token in argv if token.startswith("--config=")]
+    for file in files:
+        try:
+            content = yaml.safe_load(Path(file).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if _holds(content, path):
+            places.append(f"in {file}")
+    return f" ({', '.join(places)})" if places else ""
+
+
+def _holds(tree, path: list[str]) -> bool:
+    """Whether the nested dict ``tree`` has the key ``path`` (an ``init_args`` level may be left out)."""
+    if not path:
+        return True
+    if not isinstance(tree, dict):
+        return False
+    head, rest = path[0], path[1:]
+    return (head in tree and _holds(tree[head], rest)) or (head == "init_args" and _holds(tree, rest))
+
+
+# how torch's optimizers name a setting in their errors, where that is not its own name
+_OPTIMIZER_PHRASES = {"lr": "learning rate", "eps": "epsilon", "betas": "beta"}
+
+
+def _optimizer_error(err: Exception, optimizer) -> str:
+    """One paragraph for an optimizer constructor's refusal: its reason and the setting(s) it is
+    about (all its settings when the reason names none)."""
+    reason = " ".join(str(err).split()) or type(err).__name__
+    class_path = optimizer.get("class_path", "?") if hasattr(optimizer, "get") else "?"
+    init_args = _plain(optimizer.get("init_args")) if hasattr(optimizer, "get") else None
+    init_args = init_args or {}
+    named = [name for name in init_args if re.search(rf"\b{re.escape(name)}\b", reason)
+             or (phrase := _OPTIMIZER_PHRASES.get(name)) and phrase in reason]
+    shown = ", ".join(f"`optimizer.{name}` = {init_args[name]!r}" for name in named or init_args)
+    fix = f"`--optimizer.{named[0]} VALUE`" if len(named) == 1 else "`--optimizer.<setting> VALUE`"
+    return (f"the optimizer {class_path} refuses its settings ({reason}): {shown or 'no settings given'}; "
+            f"fix it with {fix} or in the optimizer's config file.")
 
 
 def _innermost_reason(message: str) -> str:
@@ -145,12 +364,14 @@ def main(args: list[str] | None = None) -> None:
     a diverging run with exit code 3."""
     # the modules' own configure_optimizers only explains how to pass --optimizer
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
-    no_exit = {"exit_on_error": False}
+    # errors are raised, not printed and exited; a key is never matched by a prefix of it
+    no_exit = {"exit_on_error": False, "allow_abbrev": False}
     try:
         L2OCLI(
             L.LightningModule,
             MNISTDataModule,
             subclass_mode_model=True,
+            save_config_callback=SaveConfigAfterRestore,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={**no_exit, **{name: no_exit for name in SUBCOMMANDS}},
             args=args,
