@@ -4,6 +4,8 @@ step-based runs, the test split for evaluation, and fixed probe pools."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
 from itertools import islice
@@ -32,29 +34,71 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
 
 
+MNIST_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
+)
+
+
+def missing_mnist_files(root: Path) -> list[str]:
+    """The four uncompressed IDX files that are not under ``root/MNIST/raw``."""
+    return [name for name in MNIST_FILES if not (root / "MNIST" / "raw" / name).is_file()]
+
+
 @lru_cache(maxsize=8)
 def load_mnist(
     root: Path, train: bool, download: bool = True, normalize: bool = True
 ) -> tuple[Tensor, Tensor]:
     """MNIST images as ``[N, 784]`` float32 and labels ``[N]`` int64. ``normalize``: ``x =
     (pixel/255 - 0.1307) / 0.3081``; otherwise the raw pixels ``x = pixel/255`` in ``[0, 1]``
-    (the paper's inputs). Downloads into ``root`` when the files are missing."""
+    (the paper's inputs). Files missing under ``root/MNIST/raw`` are downloaded when
+    ``download`` (:func:`download_mnist`); a root that is only read is never written to."""
     from torchvision.datasets import MNIST
 
-    try:
-        dataset = MNIST(str(root), train=train, download=download)
-    except (RuntimeError, OSError) as err:
-        reason = " ".join(str(err).split())
-        raise DataNotFoundError(
-            f"MNIST not found under '{root.resolve()}' and it could not be downloaded ({reason}). "
-            f"Set the data root with the setting `data.data_dir` (e.g. `--data.data_dir PATH`) "
-            f"or the environment variable {DATA_DIR_ENV}; it must contain MNIST/raw/ with the "
-            "four IDX files. With internet access the default root ./data downloads MNIST."
-        ) from None
+    missing = missing_mnist_files(root)
+    if missing and not download:
+        raise DataNotFoundError(_not_found(root, missing, "downloading is off (`data.download` false)"))
+    if missing:
+        download_mnist(root, missing)
+    dataset = MNIST(str(root), train=train, download=False)  # reads the IDX files, creates nothing
     images = dataset.data.reshape(len(dataset.data), -1).float().div_(255.0)
     if normalize:
         images.sub_(MNIST_MEAN).div_(MNIST_STD)
     return images, dataset.targets.long()
+
+
+def download_mnist(root: Path, missing: list[str]) -> None:
+    """Download MNIST into a temporary folder and move the ``missing`` files into
+    ``root/MNIST/raw`` once all four arrived: a failed download creates nothing under ``root``."""
+    from torchvision.datasets import MNIST
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            MNIST(tmp, download=True)
+            raw = root / "MNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for name in missing:
+                shutil.move(Path(tmp) / "MNIST" / "raw" / name, raw / name)
+        except (RuntimeError, OSError) as err:
+            reason = f"it could not be downloaded ({' '.join(str(err).split())})"
+            raise DataNotFoundError(_not_found(root, missing, reason)) from None
+
+
+def _not_found(root: Path, missing: list[str], why: str) -> str:
+    """The one-paragraph error for MNIST files ``missing`` under ``root`` and ``why`` they were
+    not fetched."""
+    given = "none of" if len(missing) == len(MNIST_FILES) else "not all of"
+    root = root.resolve()
+    hint = ""
+    if all((root / name).is_file() for name in MNIST_FILES):  # pointed at the files' own folder
+        above = f"'{root.parent.parent}'" if root.parent.name == "MNIST" else "the folder holding MNIST/raw/"
+        hint = f" '{root}' holds the IDX files itself: the data root is {above}."
+    return (
+        f"MNIST not found under '{root}': it holds {given} the four IDX files in MNIST/raw/ "
+        f"(missing: {', '.join(missing)}) and {why}.{hint} Set the data root with the setting "
+        f"`data.data_dir` (e.g. `--data.data_dir PATH`) or the environment variable {DATA_DIR_ENV}; it "
+        "must contain MNIST/raw/ with the four IDX files. With internet access the default root ./data "
+        "downloads MNIST."
+    )
 
 
 def loader_pass(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
