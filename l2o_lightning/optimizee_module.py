@@ -13,6 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from l2o_lightning.errors import ConfigError, DivergenceError
 from l2o_lightning.optimizees import MLP
 
+BLOWUP_FACTOR = 1e6  # a train loss above this multiple of the run's first one has diverged
+
 
 class OptimizeeModule(L.LightningModule):
     """Train an :class:`~l2o_lightning.optimizees.MLP` with automatic optimization.
@@ -26,6 +28,11 @@ class OptimizeeModule(L.LightningModule):
         hidden: hidden layer widths (paper: ``[20]``).
         activation: ``leaky_relu``, ``relu``, ``sigmoid`` or ``linear``.
         batchnorm: BatchNorm (affine, no running stats) before every hidden activation.
+
+    Divergence: a train loss that is not finite, or above :data:`BLOWUP_FACTOR` (1e6) times the
+    run's first train loss (finite but blown up, e.g. 4e18 from 2.3), stops the run with
+    :class:`DivergenceError` (``l2o`` exit code 3) naming the step and the optimizer, before
+    that step is logged or taken.
     """
 
     def __init__(
@@ -37,6 +44,7 @@ class OptimizeeModule(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.test_loss = MeanMetric()
+        self.first_loss: float | None = None  # the run's first train loss (saved in checkpoints)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.optimizee(x)
@@ -48,7 +56,9 @@ class OptimizeeModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, logits, y = self.model_step(batch)
-        if not torch.isfinite(loss):
+        if self.first_loss is None and torch.isfinite(loss):
+            self.first_loss = loss.item()
+        if not torch.isfinite(loss) or loss > BLOWUP_FACTOR * self.first_loss:
             raise DivergenceError(self._divergence_message(loss))
         self.train_acc(logits, y)
         self.log("train/loss", loss, prog_bar=True)
@@ -70,11 +80,19 @@ class OptimizeeModule(L.LightningModule):
 
     def _divergence_message(self, loss: Tensor) -> str:
         optimizer = type(self.trainer.optimizers[0]).__name__ if self.trainer.optimizers else "?"
+        finite = bool(torch.isfinite(loss))
+        blowup = f" (over {BLOWUP_FACTOR:g} x its first, {self.first_loss:.4g})" if finite else ""
         return (
-            f"the optimizee diverged: train loss is {loss.item()} at step {self.global_step} "
-            f"with optimizer {optimizer}. Lower its learning rate (`--optimizer.lr`) or check the "
+            f"the optimizee diverged: train loss is {loss.item():.4g} at step {self.global_step} "
+            f"with optimizer {optimizer}{blowup}. Lower its learning rate (`--optimizer.lr`) or check the "
             "optimizer checkpoint; logs written so far are kept."
         )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["first_loss"] = self.first_loss
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.first_loss = checkpoint.get("first_loss")
 
     def configure_optimizers(self) -> None:
         raise ConfigError(

@@ -3,6 +3,7 @@ its trajectories; a streak of them, or an exploding L2O in meta-testing, stops w
 
 from __future__ import annotations
 
+import math
 import re
 
 import lightning as L
@@ -90,3 +91,24 @@ def test_exploding_l2o_stops_meta_testing_naming_step_and_optimizer(run_cli, cap
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert re.search(r"diverged: train loss is nan at step 1 with optimizer L2O", err), err
+
+
+@pytest.mark.mnist
+def test_a_finite_blow_up_stops_meta_testing_like_a_non_finite_loss(run_cli, capsys, tmp_path):
+    checkpoint = tmp_path / "l2o.ckpt"
+    torch.save({"l2o": checkpoint_entry(LSTMOptimizerNet())}, checkpoint)
+    code = _exit_code(run_cli, "fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c",
+                      "configs/optimizers/l2o.yaml", "--optimizer.checkpoint", str(checkpoint),
+                      "--optimizer.out_mult", "1e8", "--trainer.max_steps", "50")
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    match = re.search(r"diverged: train loss is (\S+) at step (\d+) with optimizer L2O \(over 1e\+06 x its "
+                      r"first, (\S+)\)", err)
+    assert match, err
+    loss, step, first = float(match.group(1)), int(match.group(2)), float(match.group(3))
+    assert math.isfinite(loss) and loss > 1e6 * first and 2.0 < first < 2.6  # cross-entropy of 10 classes
+    (run_dir,) = (tmp_path / "logs").glob("meta_test/**/version_0")
+    logged = raw_scalars(run_dir)["train/loss"]
+    assert [s for s, _ in logged] == list(range(step))  # the blown-up step is neither logged nor taken
+    assert all(value <= 1e6 * first for _, value in logged)
