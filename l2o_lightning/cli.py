@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import os
 import re
 import sys
@@ -359,11 +360,27 @@ def _missing_config_hint(message: str) -> str:
     return f"\nthe shipped configs lie in {REPO_ROOT}: run l2o there, or pass {REPO_ROOT / match.group(1)}"
 
 
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    """A logging filter: False for Lightning's tip advertising its cloud logger."""
+    return "litlogger" not in record.getMessage()
+
+
+def quiet_third_party() -> None:
+    """Silence what the libraries print that is not the user's business: deprecations inside
+    Lightning and torch (Lightning's use of jsonargparse and of torch's pytree) and Lightning's
+    advert for its cloud logger. Warnings about the user's settings stay."""
+    # the modules' own configure_optimizers only explains how to pass --optimizer
+    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; an invalid setting ends with one paragraph on stderr and exit code 2,
     a diverging run with exit code 3."""
-    # the modules' own configure_optimizers only explains how to pass --optimizer
-    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
+    quiet_third_party()
     # errors are raised, not printed and exited; a key is never matched by a prefix of it
     no_exit = {"exit_on_error": False, "allow_abbrev": False}
     try:

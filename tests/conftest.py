@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED_DATA = REPO.parent / "shared" / "data"
+MNIST_SKIP = "MNIST not found"  # how the skips of tests needing MNIST begin
 # MLP settings covering every activation, BatchNorm, and depth
 OPTIMIZEES = {
     "leaky_relu": dict(hidden=[20], activation="leaky_relu"),
@@ -26,7 +28,7 @@ def mnist_dir() -> Path:
     root = Path(os.environ.get("L2O_DATA_DIR") or DEFAULT_SHARED_DATA).resolve()
     if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         message = (
-            f"MNIST not found under {root}: set L2O_DATA_DIR to a folder holding "
+            f"{MNIST_SKIP} under {root}: set L2O_DATA_DIR to a folder holding "
             "MNIST/raw/ (the four IDX files), or run once with internet so torchvision downloads it"
         )
         if os.environ.get("L2O_REQUIRE_DATA") == "1":
@@ -49,3 +51,18 @@ def run_cli(mnist_dir, tmp_path, monkeypatch):
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """End the run with how many tests needing MNIST were skipped, and why: a green run that
+    skipped them tested much less."""
+    reasons = Counter(
+        report.longrepr[2].removeprefix("Skipped: ") for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and MNIST_SKIP in report.longrepr[2]
+    )
+    total = sum(reasons.values())
+    if total:
+        tests = "test needing MNIST was" if total == 1 else "tests needing MNIST were"
+        terminalreporter.write_sep("=", f"{total} {tests} skipped", yellow=True, bold=True)
+        for reason, count in reasons.items():
+            terminalreporter.write_line(f"{count} x {reason}")
