@@ -75,6 +75,15 @@ class L2OCLI(LightningCLI):
         except ValueError as err:  # a constructor rejected a configured value
             raise ConfigError(_innermost_reason(str(err))) from None
 
+    def after_instantiate_classes(self) -> None:
+        # the run's hparams.yaml (what loggers record) holds the settings the run used: not
+        # LightningCLI's loader entry (checkpoints keep it), and the data root as resolved
+        for part in (self.model, self.datamodule):
+            getattr(part, "_hparams_initial", {}).pop("_instantiator", None)
+        data_dir = getattr(self.datamodule, "data_dir", None)
+        if data_dir is not None and "data_dir" in getattr(self.datamodule, "_hparams_initial", {}):
+            self.datamodule._hparams_initial["data_dir"] = str(Path(data_dir).resolve())
+
     def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
         # Lightning builds the configured optimizer here: name the setting its error is about
         try:
