@@ -55,6 +55,8 @@ def load_mnist(
     from torchvision.datasets import MNIST
 
     missing = missing_mnist_files(root)
+    if missing and _is_files_folder(root):  # a second copy would be downloaded inside the first
+        raise DataNotFoundError(_not_found(root, missing, "nothing was downloaded"))
     if missing and not download:
         raise DataNotFoundError(_not_found(root, missing, "downloading is off (`data.download` false)"))
     if missing:
@@ -83,13 +85,18 @@ def download_mnist(root: Path, missing: list[str]) -> None:
             raise DataNotFoundError(_not_found(root, missing, reason)) from None
 
 
+def _is_files_folder(root: Path) -> bool:
+    """Whether ``root`` holds the four IDX files itself (it is a ``MNIST/raw`` folder)."""
+    return all((root / name).is_file() for name in MNIST_FILES)
+
+
 def _not_found(root: Path, missing: list[str], why: str) -> str:
     """The one-paragraph error for MNIST files ``missing`` under ``root`` and ``why`` they were
     not fetched."""
     given = "none of" if len(missing) == len(MNIST_FILES) else "not all of"
     root = root.resolve()
     hint = ""
-    if all((root / name).is_file() for name in MNIST_FILES):  # pointed at the files' own folder
+    if _is_files_folder(root):
         above = f"'{root.parent.parent}'" if root.parent.name == "MNIST" else "the folder holding MNIST/raw/"
         hint = f" '{root}' holds the IDX files itself: the data root is {above}."
     return (

@@ -121,10 +121,16 @@ def test_partial_data_names_the_missing_files(run_cli, capsys, tmp_path, mnist_d
             "downloading is off (`data.download` false)") in line
 
 
-def test_the_files_own_folder_as_root_points_to_the_root_and_creates_nothing(run_cli, capsys, mnist_dir):
+def test_the_files_own_folder_as_root_points_to_the_root_and_downloads_nothing(
+    run_cli, capsys, mnist_dir, monkeypatch
+):
+    def download(self) -> None:
+        raise AssertionError("a second copy of MNIST would be downloaded inside the first")
+
+    monkeypatch.setattr(MNIST, "download", download)
     raw = mnist_dir / "MNIST" / "raw"
     before = sorted(p.name for p in raw.iterdir())
-    line = fails_with(run_cli, capsys, *SGD, "--data.data_dir", str(raw), "--data.download", "false")
+    line = fails_with(run_cli, capsys, *SGD, "--data.data_dir", str(raw))
     assert f"'{raw}' holds the IDX files itself: the data root is '{mnist_dir}'" in line
     assert sorted(p.name for p in raw.iterdir()) == before
 
