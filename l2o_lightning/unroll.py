@@ -37,7 +37,8 @@ class SymmetryReg(TypedDict, total=False):
 
 
 def symmetry_penalty(
-    update: Tensor, params: Tensor, optimizee: MLP, kinds: list[str], beta: float, form: PenaltyForm
+    update: Tensor, params: Tensor, optimizee: MLP, kinds: list[str], beta: float,
+    form: PenaltyForm = "sum_abs",
 ) -> Tensor:
     """``beta * sum_kinds |sum_j d_j|`` (``abs_sum``) or ``beta * sum_kinds sum_j |d_j|``
     (``sum_abs``), ``d_j = <v_j, theta_tilde_j>`` with ``v = -u``, mean over tasks;

@@ -132,6 +132,25 @@ def test_symmetry_penalty_vanishes_for_gradient_steps_and_is_differentiable():
     torch.testing.assert_close(doubled, 2 * penalty)
 
 
+def test_abs_sum_penalty_is_beta_times_the_absolute_signed_sum_and_ignores_the_point():
+    """The paper's form: beta * |sum_j d_j| with d_j = <v_j, theta_tilde_j> (v = -u), computed
+    by hand for the rescale groups of a one-hidden-layer MLP; no gradient reaches theta."""
+    torch.manual_seed(0)
+    optimizee = MLP(hidden=[6], in_features=5, num_classes=4).double()
+    params = optimizee.sample_flat(torch.Generator().manual_seed(1)).double()[None].requires_grad_()
+    update = torch.randn_like(params, requires_grad=True)
+    theta, v = optimizee.layout.unflatten(params[0]), optimizee.layout.unflatten(-update[0])
+    w1, b1, w2 = "linears.0.weight", "linears.0.bias", "linears.1.weight"
+    d = (v[w1] * theta[w1]).sum(1) + v[b1] * theta[b1] - (v[w2] * theta[w2]).sum(0)  # [6 neurons]
+    penalty = symmetry_penalty(update, params, optimizee, ["rescale"], beta=0.5, form="abs_sum")
+    torch.testing.assert_close(penalty, 0.5 * d.sum().abs())
+    sum_abs = symmetry_penalty(update, params, optimizee, ["rescale"], beta=0.5, form="sum_abs")
+    torch.testing.assert_close(sum_abs, 0.5 * d.abs().sum())
+    assert sum_abs > penalty  # signs cancel in the paper's form
+    grad_update, grad_params = torch.autograd.grad(penalty, (update, params), allow_unused=True)
+    assert grad_update.abs().sum() > 0 and grad_params is None
+
+
 def test_symmetry_reg_settings_are_validated_against_the_optimizee():
     leaky, bn = MLP(hidden=[4]), MLP(hidden=[4], activation="relu", batchnorm=True)
     assert validate_symmetry_reg(None, leaky) is None
@@ -175,12 +194,14 @@ def test_meta_training_learns_checkpoints_and_feeds_l2o(run_cli, tmp_path):
 
     run_cli("fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", "configs/optimizers/l2o.yaml",
             "--optimizer.checkpoint", str(checkpoint), "--trainer.max_steps", "15")
-    train_loss = read_scalars(tmp_path / "logs" / "meta_test" / "leaky_relu" / "version_0")["train/loss"]
+    meta_tested = tmp_path / "logs" / "meta_test" / "leaky_relu" / "l2o" / "version_0"
+    train_loss = read_scalars(meta_tested)["train/loss"]
     assert len(train_loss) == 15 and train_loss[-1][1] < train_loss[0][1]
 
     run_cli("test", "-c", "configs/meta_train/leaky_relu.yaml", "--ckpt_path", str(checkpoint),
             "--model.init_args.test_n_iters", "30", "--model.init_args.eval_tasks", "2")
-    tested = read_scalars(tmp_path / "logs" / "meta_train" / "leaky_relu" / "version_1")
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]  # logged inside the run
+    tested = read_scalars(run_dir / "test" / "last")
     assert len(tested["test/loss_curve"]) == 30
     assert tested["test/final_loss"][0][1] < tested["test/loss_curve"][0][1]
     assert 0.0 <= tested["test/final_test_acc"][0][1] <= 1.0
