@@ -37,8 +37,10 @@ class L2OCLI(LightningCLI):
     another model: one-paragraph error; resuming, ``fit``, also by a run with other settings).
     ``--ckpt_path last`` resumes the newest run of the configured TensorBoard logger that has a
     ``checkpoints/last.ckpt`` and logs into that run's directory (unless
-    ``trainer.logger.init_args.version`` is set). A run given a checkpoint writes its
-    ``config.yaml`` only once the checkpoint is restored (:class:`SaveConfigAfterRestore`).
+    ``trainer.logger.init_args.version`` is set). ``l2o test`` (``validate``) of a run's
+    checkpoint logs inside that run (:func:`_log_evaluation_in_its_run`). A run given a
+    checkpoint writes its ``config.yaml`` only once the checkpoint is restored
+    (:class:`SaveConfigAfterRestore`).
     """
 
     def parse_arguments(self, parser, args) -> None:
@@ -57,17 +59,22 @@ class L2OCLI(LightningCLI):
         if config.get("weights_only") is None:
             config["weights_only"] = True
         _fill_run_name(config)
-        _check_log_dir(config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is not None and not str(ckpt_path).strip():
             raise ConfigError(
                 "`ckpt_path` is empty (an unset shell variable?): pass a checkpoint file, `last` to resume "
                 "the newest run of this config, or leave out `--ckpt_path` to start afresh."
             )
+        resuming = subcommand == "fit"
         if ckpt_path == "last":
-            ckpt_path = _resume_logger_version(config)
+            ckpt_path = _last_checkpoint(config, point_logger=resuming)
+            if not resuming:  # Lightning would look for it in the evaluation's own log folder
+                config["ckpt_path"] = str(_found(ckpt_path, config))
         if ckpt_path and ckpt_path not in CKPT_KEYWORDS and "://" not in str(ckpt_path):
-            _check_checkpoint(ckpt_path, config, resuming=subcommand == "fit")
+            _check_checkpoint(ckpt_path, config, resuming=resuming)
+            if not resuming:
+                _log_evaluation_in_its_run(config, Path(ckpt_path), subcommand)
+        _check_log_dir(config)
 
     def instantiate_classes(self) -> None:
         try:
@@ -243,29 +250,64 @@ def _fill_run_name(config) -> None:
         ) from None
 
 
-def _resume_logger_version(config) -> Path | None:
-    """Point an unversioned TensorBoard logger at the newest ``version_<n>`` run that holds a
-    ``checkpoints/last.ckpt``, so ``--ckpt_path last`` finds it and the curves continue there;
-    the ``last.ckpt`` of the logger's run (``None`` when it has none)."""
+def _tensorboard_settings(config):
+    """The ``init_args`` of a configured TensorBoard logger (``None`` for other loggers)."""
     logger = config.get("trainer", {}).get("logger")
     if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
         return None
-    init_args = logger.get("init_args")
+    return logger.get("init_args")
+
+
+def _runs_folder(init_args) -> Path:
+    return Path(init_args.get("save_dir") or ".") / (init_args.get("name") or "lightning_logs")
+
+
+def _last_checkpoint(config, point_logger: bool) -> Path | None:
+    """The ``checkpoints/last.ckpt`` that ``--ckpt_path last`` stands for: the TensorBoard
+    logger's run's when it is versioned, else the newest ``version_<n>`` run's that has one
+    (``None`` when there is none). ``point_logger``: an unversioned logger is pointed at that run,
+    so a resumed run's curves continue there."""
+    init_args = _tensorboard_settings(config)
     if init_args is None:
         return None
-    runs = Path(init_args.get("save_dir") or ".") / (init_args.get("name") or "lightning_logs")
-    if init_args.get("version") is None:
+    runs, version = _runs_folder(init_args), init_args.get("version")
+    if version is None:
         versions = [
             int(match.group(1)) for path in runs.glob("version_*/checkpoints/last.ckpt")
             if (match := re.fullmatch(r"version_(\d+)", path.parent.parent.name))
         ]
         if not versions:
             return None
-        init_args["version"] = max(versions)
-    version = init_args["version"]
+        version = max(versions)
+        if point_logger:
+            init_args["version"] = version
     run = runs / (f"version_{version}" if isinstance(version, int) else str(version))
     last = run / "checkpoints" / "last.ckpt"
     return last if last.is_file() else None
+
+
+def _found(last: Path | None, config) -> Path:
+    """The checkpoint ``--ckpt_path last`` stands for in an evaluation, which has nothing to
+    evaluate without it."""
+    if last is None:
+        init_args = _tensorboard_settings(config)
+        where = f"under '{_runs_folder(init_args)}'" if init_args is not None else "(no TensorBoard logger)"
+        raise ConfigError(
+            f"`--ckpt_path last` finds no run of this config {where} with a checkpoints/last.ckpt to "
+            "evaluate; pass the checkpoint file as `--ckpt_path`."
+        )
+    return last
+
+
+def _log_evaluation_in_its_run(config, checkpoint: Path, subcommand: str) -> None:
+    """Log an evaluation of a run's checkpoint (one in ``<run>/checkpoints/``) inside that run,
+    at ``<run>/<subcommand>/<checkpoint stem>``, not as a new ``version_<n>`` beside the training
+    runs: the unversioned TensorBoard logger is pointed there."""
+    init_args = _tensorboard_settings(config)
+    if init_args is None or init_args.get("version") is not None or checkpoint.parent.name != "checkpoints":
+        return
+    init_args["save_dir"] = str(checkpoint.expanduser().parent.parent)
+    init_args["name"], init_args["version"] = subcommand, checkpoint.stem
 
 
 def _unknown_setting(message: str, argv: list[str], subcommand_parsers: dict) -> str | None:

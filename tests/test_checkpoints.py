@@ -36,7 +36,7 @@ def checkpoints(mnist_dir, tmp_path_factory) -> dict[str, Path]:
               "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
               "--trainer.enable_checkpointing", "true", "--trainer.callbacks",
               '[{"class_path": "ModelCheckpoint", "init_args": {"every_n_train_steps": 2}}]', *logger])
-    (optimizee,) = (logs / "meta_test" / "leaky_relu").glob("version_0/checkpoints/*.ckpt")
+    (optimizee,) = (logs / "meta_test" / "leaky_relu" / "sgd").glob("version_0/checkpoints/*.ckpt")
     return {"meta": logs / "meta_train" / "leaky_relu" / "version_0" / "checkpoints" / "last.ckpt",
             "optimizee": optimizee}
 

@@ -17,7 +17,7 @@ OPTIMIZER_CONFIGS = ["sgd", "adam", "lion", "lion_sgd"]
 def test_each_optimizer_config_lowers_the_train_loss(run_cli, tmp_path, optimizer):
     run_cli("fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", f"configs/optimizers/{optimizer}.yaml",
             "--trainer.max_steps", "100", "--trainer.val_check_interval", "50")
-    (run_dir,) = (tmp_path / "logs" / "meta_test" / "leaky_relu").iterdir()
+    (run_dir,) = (tmp_path / "logs" / "meta_test" / "leaky_relu" / optimizer.replace("_", "")).iterdir()
     scalars = read_scalars(run_dir)
     losses = [value for _, value in scalars["train/loss"]]
     assert len(losses) == 100
@@ -31,7 +31,7 @@ def test_bn_and_sigmoid_optimizees_train(run_cli, tmp_path):
     for name in ("bn_relu", "sigmoid"):
         run_cli("fit", "-c", f"configs/meta_test/{name}.yaml", "-c", "configs/optimizers/adam.yaml",
                 "--trainer.max_steps", "30", "--trainer.val_check_interval", "30")
-        (run_dir,) = (tmp_path / "logs" / "meta_test" / name).iterdir()
+        (run_dir,) = (tmp_path / "logs" / "meta_test" / name / "adam").iterdir()
         losses = [value for _, value in read_scalars(run_dir)["train/loss"]]
         assert losses[-1] < losses[0]
 
@@ -92,7 +92,7 @@ def test_diverging_optimizer_stops_naming_step_and_optimizer_and_keeps_logs(run_
     assert exit_info.value.code == 3
     err = capsys.readouterr().err
     step = int(re.search(r"diverged: train loss is \S+ at step (\d+) with optimizer SGD", err).group(1))
-    (run_dir,) = (tmp_path / "logs" / "meta_test" / "leaky_relu").iterdir()
+    (run_dir,) = (tmp_path / "logs" / "meta_test" / "leaky_relu" / "sgd").iterdir()
     logged_steps = [s for s, _ in read_scalars(run_dir)["train/loss"]]
     assert logged_steps == list(range(step))
 
@@ -102,7 +102,7 @@ def test_same_seed_same_losses_other_seed_other_losses(run_cli, tmp_path):
         run_cli("fit", "-c", "configs/meta_test/bn_relu.yaml", "-c", "configs/optimizers/lion.yaml",
                 "--trainer.max_steps", "40", "--trainer.val_check_interval", "40",
                 "--seed_everything", str(seed), "--trainer.logger.init_args.version", version)
-        run_dir = tmp_path / "logs" / "meta_test" / "bn_relu" / version
+        run_dir = tmp_path / "logs" / "meta_test" / "bn_relu" / "lion" / version
         return [value for _, value in read_scalars(run_dir)["train/loss"]]
 
     first = losses(7, "a")

@@ -92,7 +92,7 @@ def test_every_shipped_config_runs_a_few_steps(config, tiny_checkpoint, tmp_path
     monkeypatch.setattr("sys.argv", ["l2o"])
     before, short = composition(config, tiny_checkpoint)
     run([*before, short_version(config, short, tmp_path)], tmp_path)
-    (run_dir,) = (tmp_path / "logs").glob("*/*/version_0")
+    (run_dir,) = (tmp_path / "logs").glob("**/version_0")
     scalars = read_scalars(run_dir)
     if config.parent.name == "meta_train":
         assert len(scalars["meta/loss"]) == 2 and "val/mean_loss" in scalars

@@ -47,7 +47,7 @@ def fit(save_dir: Path, *extra: str) -> Path:
           "-c", str(REPO / "configs/optimizers/adam.yaml"), *extra,
           "--trainer.max_steps", str(STEPS), "--trainer.logger.init_args.save_dir", str(save_dir),
           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
-    (run_dir,) = save_dir.glob("*/*/version_*")
+    (run_dir,) = save_dir.glob("**/version_*")
     return run_dir
 
 
