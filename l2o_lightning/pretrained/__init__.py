@@ -2,8 +2,9 @@
 state) exported from finished paper-budget meta-trainings, named ``pretrained:<name>``.
 
 ``export`` writes one from a meta-training checkpoint with its provenance (the command and
-commit that made it, the meta-steps it took); :func:`resolve` turns ``pretrained:<name>``
-into the file's path.
+commit that made it, the meta-steps it took), its meta-training curve (``<name>.png``) and
+a card with its final validation numbers (``<name>.md``); :func:`resolve` turns
+``pretrained:<name>`` into the file's path.
 
 Usage: ``python -m l2o_lightning.pretrained export CKPT NAME --command "..." --commit SHA``
 """
@@ -63,7 +64,48 @@ def export(checkpoint: str | Path, name: str, command: str, commit: str) -> Path
     }
     path = FOLDER / f"{name}.ckpt"
     torch.save({CHECKPOINT_KEY: entry, PROVENANCE_KEY: provenance}, path)
+    run_dir = Path(checkpoint).resolve().parent.parent  # <run>/checkpoints/<file>
+    if list(run_dir.glob("events.out.tfevents.*")):
+        write_card(run_dir, name, provenance)
     return path
+
+
+def write_card(run_dir: Path, name: str, provenance: dict) -> None:
+    """``<name>.png``: ``meta/loss`` per meta-step (its 100-step moving average) and
+    ``meta/epoch_loss`` of the run; ``<name>.md``: the provenance and the last validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from l2o_lightning.tb import read_scalars
+
+    scalars = read_scalars(run_dir)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps, values = zip(*scalars["meta/loss"], strict=True)
+    window = min(100, len(values))
+    smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+              for i in range(len(values))]
+    left.plot(steps, values, lw=0.3, alpha=0.4, label="meta/loss")
+    left.plot(steps, smooth, lw=1.5, label=f"moving average ({window})")
+    left.set(xlabel="meta-step", ylabel="log sum_t L_t over a truncation", title=f"pretrained:{name}")
+    left.legend()
+    if "meta/epoch_loss" in scalars:
+        epochs, losses = zip(*scalars["meta/epoch_loss"], strict=True)
+        right.plot([(e + 1) // 200 for e in epochs], losses, marker="o", ms=3)
+    right.set(xlabel="epoch (20 trajectories)", ylabel="mean sum_t L_t of a trajectory",
+              title="meta/epoch_loss (the best epoch is shipped)")
+    figure.tight_layout()
+    figure.savefig(FOLDER / f"{name}.png", dpi=110)
+    plt.close(figure)
+    last = {tag: series[-1] for tag, series in scalars.items()
+            if tag.startswith("val/") and "curve" not in tag}
+    lines = [f"# pretrained:{name}", "", f"- command: `{provenance['command']}`",
+             f"- commit: {provenance['commit']}", f"- meta-steps: {provenance['meta_steps']}",
+             f"- exported from: {provenance['source']}", "",
+             "Last validation (5 fresh optimizees, 200 steps):", ""]
+    lines += [f"- `{tag}` = {value:.4f} (meta-step {step})" for tag, (step, value) in sorted(last.items())]
+    (FOLDER / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
