@@ -145,8 +145,10 @@ def test_probes_leave_params_and_rng_alone_with_every_optimizer(name, mnist_dir,
 
 
 def test_probes_warn_and_stand_down_without_tensorboard(mnist_dir, tmp_path):
-    with pytest.warns(UserWarning, match="TailIndexProbe logs to TensorBoard only"):
+    with pytest.warns(UserWarning, match="logs to TensorBoard only") as caught:
         short_fit(tmp_path, OPTIMIZERS["adam"], all_probes("batch"), logger=CSVLogger(tmp_path))
+    warned = {str(w.message).split()[0] for w in caught if "logs to TensorBoard only" in str(w.message)}
+    assert warned == {"SymmetryProbe", "UpdateStatsProbe", "TailIndexProbe", "CovarianceProbe"}
 
 
 def test_docstring_examples():
