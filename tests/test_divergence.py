@@ -80,29 +80,29 @@ def test_diverging_streak_stops_meta_training_with_exit_3(run_cli, capsys):
                      r"meta-step 0 \(optimizee step 2, meta-optimizer Adam\)", err), err
 
 
-@pytest.mark.mnist
-def test_exploding_l2o_stops_meta_testing_naming_step_and_optimizer(run_cli, capsys, tmp_path):
+def _exploding_l2o_stderr(run_cli, capsys, tmp_path, out_mult: str, steps: str) -> str:
+    """Meta-test an untrained LSTM scaled by ``out_mult``; it must stop with exit 3 and no
+    traceback. Returns its stderr."""
     checkpoint = tmp_path / "l2o.ckpt"
     torch.save({"l2o": checkpoint_entry(LSTMOptimizerNet())}, checkpoint)
     code = _exit_code(run_cli, "fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c",
                       "configs/optimizers/l2o.yaml", "--optimizer.checkpoint", str(checkpoint),
-                      "--optimizer.out_mult", "1e30", "--trainer.max_steps", "5")
+                      "--optimizer.out_mult", out_mult, "--trainer.max_steps", steps)
     assert code == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.mnist
+def test_exploding_l2o_stops_meta_testing_naming_step_and_optimizer(run_cli, capsys, tmp_path):
+    err = _exploding_l2o_stderr(run_cli, capsys, tmp_path, "1e30", "5")
     assert re.search(r"diverged: train loss is nan at step 1 with optimizer L2O", err), err
 
 
 @pytest.mark.mnist
 def test_a_finite_blow_up_stops_meta_testing_like_a_non_finite_loss(run_cli, capsys, tmp_path):
-    checkpoint = tmp_path / "l2o.ckpt"
-    torch.save({"l2o": checkpoint_entry(LSTMOptimizerNet())}, checkpoint)
-    code = _exit_code(run_cli, "fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c",
-                      "configs/optimizers/l2o.yaml", "--optimizer.checkpoint", str(checkpoint),
-                      "--optimizer.out_mult", "1e8", "--trainer.max_steps", "50")
-    assert code == 3
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
+    err = _exploding_l2o_stderr(run_cli, capsys, tmp_path, "1e8", "50")
     match = re.search(r"diverged: train loss is (\S+) at step (\d+) with optimizer L2O \(over 1e\+06 x its "
                       r"first, (\S+)\)", err)
     assert match, err
