@@ -27,7 +27,9 @@ class OptimizeeModule(L.LightningModule):
     Args:
         hidden: hidden layer widths (paper: ``[20]``).
         activation: ``leaky_relu``, ``relu``, ``sigmoid`` or ``linear``.
-        batchnorm: BatchNorm (affine, no running stats) before every hidden activation.
+        batchnorm: BatchNorm (affine) before every hidden activation.
+        track_running_stats: its running statistics, which the test split's eval mode uses
+            (the paper's); otherwise eval mode normalises with each test batch's statistics.
 
     Divergence: a train loss that is not finite, or above :data:`BLOWUP_FACTOR` (1e6) times the
     run's first train loss (finite but blown up, e.g. 4e18 from 2.3), stops the run with
@@ -36,11 +38,12 @@ class OptimizeeModule(L.LightningModule):
     """
 
     def __init__(
-        self, hidden: list[int] = [20], activation: str = "leaky_relu", batchnorm: bool = False  # noqa: B006
+        self, hidden: list[int] = [20], activation: str = "leaky_relu", batchnorm: bool = False,  # noqa: B006
+        track_running_stats: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.optimizee = MLP(hidden, activation, batchnorm)
+        self.optimizee = MLP(hidden, activation, batchnorm, track_running_stats=track_running_stats)
         self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.test_loss = MeanMetric()

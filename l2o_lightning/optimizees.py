@@ -102,7 +102,10 @@ class ParamLayout:
 class MLP(nn.Module):
     """``784 -> hidden... -> 10`` classifier with softmax cross-entropy.
 
-    Each hidden layer is ``Linear -> [BatchNorm1d(affine, no running stats)] -> act``.
+    Each hidden layer is ``Linear -> [BatchNorm1d(affine)] -> act``. The functional forms
+    (:meth:`functional_logits`, what meta-training and the probes use) always normalise with
+    the batch's statistics and touch no buffer; with ``track_running_stats`` the module's own
+    forward also keeps running statistics, which its eval mode then uses.
     Parameters are named ``linears.{l}.weight|bias`` and ``norms.{l}.weight|bias``;
     the last Linear is the output layer.
 
@@ -110,6 +113,8 @@ class MLP(nn.Module):
         hidden: width of each hidden layer (paper: ``[20]``).
         activation: one of ``leaky_relu``, ``relu``, ``sigmoid``, ``linear``.
         batchnorm: put a BatchNorm before every hidden activation.
+        track_running_stats: BatchNorm keeps running mean and variance for eval mode (the
+            paper's; training-mode outputs are the same either way).
         in_features: input size (flattened images).
         num_classes: number of output logits.
     """
@@ -121,6 +126,7 @@ class MLP(nn.Module):
         batchnorm: bool = False,
         in_features: int = 784,
         num_classes: int = 10,
+        track_running_stats: bool = False,
     ) -> None:
         super().__init__()
         validate_optimizee_args(hidden, activation)
@@ -130,16 +136,20 @@ class MLP(nn.Module):
         widths = (in_features, *self.hidden, num_classes)
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.norms = nn.ModuleList(
-            nn.BatchNorm1d(h, affine=True, track_running_stats=False) for h in self.hidden
+            nn.BatchNorm1d(h, affine=True, track_running_stats=track_running_stats) for h in self.hidden
         ) if batchnorm else nn.ModuleList()
         self._act = ACTIVATIONS[activation]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, batch_statistics: bool = False) -> Tensor:
+        """Logits; ``batch_statistics`` normalises with the batch's own statistics whatever the
+        mode, without updating running statistics (the functional forms)."""
         x = x.flatten(1)
         for layer, linear in enumerate(self.linears[:-1]):
             x = linear(x)
             if self.batchnorm:
-                x = self.norms[layer](x)
+                norm = self.norms[layer]
+                x = (F.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
+                     if batch_statistics else norm(x))
             x = self._act(x)
         return self.linears[-1](x)
 
@@ -170,7 +180,7 @@ class MLP(nn.Module):
 
     def functional_logits(self, flat: Tensor, x: Tensor) -> Tensor:
         """Logits of the model whose parameters are the flat vector ``flat[D]``."""
-        return functional_call(self, self.layout.unflatten(flat), (x,))
+        return functional_call(self, self.layout.unflatten(flat), (x,), {"batch_statistics": True})
 
     def functional_loss(self, flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Mean cross-entropy of the model with parameters ``flat[D]`` on ``(x, y)``."""

@@ -69,3 +69,25 @@ def test_symmetry_groups_follow_the_architecture():
 def test_bad_optimizee_settings_name_the_setting(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         MLP(**kwargs)
+
+
+def test_running_statistics_change_eval_mode_only_and_functional_forms_touch_no_buffer():
+    torch.manual_seed(0)
+    tracked = MLP(hidden=[8], activation="relu", batchnorm=True, track_running_stats=True)
+    plain = MLP(hidden=[8], activation="relu", batchnorm=True)
+    plain.load_state_dict({k: v for k, v in tracked.state_dict().items() if "running" not in k
+                           and "num_batches" not in k})
+    x = torch.rand(32, 784)
+    flat = tracked.flat_parameters()
+    before = tracked.norms[0].running_mean.clone()
+    torch.testing.assert_close(tracked.functional_logits(flat, x), plain(x))  # batch statistics
+    assert torch.equal(tracked.norms[0].running_mean, before)  # the functional form left it alone
+    torch.testing.assert_close(tracked(x), plain(x))  # training mode: the same output ...
+    assert not torch.equal(tracked.norms[0].running_mean, before)  # ... and the running mean moved
+    tracked.eval(), plain.eval()
+    norm = tracked.norms[0]
+    hidden = tracked.linears[0](x)
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    expected = (hidden - norm.running_mean) * scale + norm.bias
+    torch.testing.assert_close(tracked(x), tracked.linears[1](torch.relu(expected)))
+    assert (tracked(x) - plain(x)).abs().max() > 1e-3  # eval mode differs only with running statistics

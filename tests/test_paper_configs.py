@@ -68,6 +68,7 @@ def test_every_paper_experiment_runs_with_the_papers_settings(config, run_cli, t
         assert saved["optimizer"]["init_args"]["lr"] == LRS[optimizee, optimizer]
     if optimizer == "sgd":
         assert saved["optimizer"]["init_args"]["momentum"] == 0.9
+    assert saved["model"]["init_args"].get("track_running_stats", False) == (optimizee == "bn_relu")
 
 
 @pytest.mark.mnist
