@@ -43,14 +43,14 @@ class Preset:
     seeds: int  # meta-test runs per (optimizee, optimizer) and protocol
     trajectories: int | None = None  # meta-training budget per learned optimizer
     test_steps: int | None = None  # optimizee steps per meta-test run
-    minutes: int = 0  # expected duration on 2 CPU cores
+    minutes: int = 0  # estimated duration, one run at a time (--jobs 2 about halves it on 2 cores)
     label: str = ""  # how the report names the study's verdicts
 
 
 PRESETS = {
-    "quick": Preset(seeds=2, trajectories=40, test_steps=200, minutes=40,
+    "quick": Preset(seeds=2, trajectories=40, test_steps=200, minutes=90,
                     label="smoke run (--preset quick: 40 trajectories, 200-step meta-tests, 2 runs)"),
-    "paper": Preset(seeds=3, minutes=900, label="paper budget (1000 trajectories, 1000-step meta-tests)"),
+    "paper": Preset(seeds=3, minutes=1400, label="paper budget (1000 trajectories, 1000-step meta-tests)"),
 }
 
 
