@@ -66,7 +66,7 @@ def test_a_log_folder_without_permission_names_the_setting(run_cli, capsys, tmp_
         (["--model.init_args.hiden", "[30]"],
          "`model.init_args.hiden` (on the command line) is not a setting of "
          "l2o_lightning.optimizee_module.OptimizeeModule; did you mean `hidden`? Its settings: hidden, "
-         "activation, batchnorm."),
+         "activation, batchnorm, track_running_stats."),
         (["--optimizer.lrr", "0.1"],
          "`optimizer.init_args.lrr` (on the command line) is not a setting of torch.optim.SGD; did you "
          "mean `lr`?"),
