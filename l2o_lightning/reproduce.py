@@ -11,10 +11,11 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,6 +35,8 @@ GRID: dict[str, tuple[tuple[str, str], ...]] = {
 PROTOCOLS = ("paper", "clean")
 CLEAN_SEED_OFFSET = 1000  # clean protocol: meta-test seeds and minibatch streams 1000 + k
 PRETRAINED = re.compile(r"checkpoint:\s*pretrained:(\S+)")
+PAPER_TRAJECTORIES = 1000  # the meta-training budget of configs/paper/meta_train/
+JOB_KINDS = ("meta-training", "meta-test")
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,27 @@ class Preset:
     seeds: int  # meta-test runs per (optimizee, optimizer) and protocol
     trajectories: int | None = None  # meta-training budget per learned optimizer
     test_steps: int | None = None  # optimizee steps per meta-test run
-    minutes: int = 0  # estimated duration, one run at a time (--jobs 2 about halves it on 2 cores)
+    # estimated minutes of one run on one core of a 2-core machine, until a run of its kind has finished
+    train_minutes: float = 0  # one meta-training
+    test_minutes: float = 0  # one meta-test (the grid's mean: L2O runs with the paper's probes are slower)
     label: str = ""  # how the report names the study's verdicts
 
+    def estimated_seconds(self) -> dict[str, float]:
+        """The configured duration of one job of each of :data:`JOB_KINDS`, in seconds."""
+        return {"meta-training": 60 * self.train_minutes, "meta-test": 60 * self.test_minutes}
 
+    def with_trajectories(self, trajectories: int) -> Preset:
+        """This preset with another meta-training budget, its duration estimate scaled in proportion."""
+        scale = trajectories / (self.trajectories or PAPER_TRAJECTORIES)
+        return replace(self, trajectories=trajectories, train_minutes=self.train_minutes * scale)
+
+
+# the full grid, one run at a time: quick ~1.5 h (6 x 5 + 40 x 1.5 min), paper ~23 h (6 x 2 h + 60 x 11 min)
 PRESETS = {
-    "quick": Preset(seeds=2, trajectories=40, test_steps=200, minutes=90,
+    "quick": Preset(seeds=2, trajectories=40, test_steps=200, train_minutes=5, test_minutes=1.5,
                     label="smoke run (--preset quick: 40 trajectories, 200-step meta-tests, 2 runs)"),
-    "paper": Preset(seeds=3, minutes=1400, label="paper budget (1000 trajectories, 1000-step meta-tests)"),
+    "paper": Preset(seeds=3, train_minutes=120, test_minutes=11,
+                    label="paper budget (1000 trajectories, 1000-step meta-tests)"),
 }
 
 
@@ -75,6 +91,43 @@ class Job:
 
     def command(self) -> str:
         return "l2o " + shlex.join(self.args)
+
+
+def job_kind(job: Job) -> str:
+    """Which of :data:`JOB_KINDS` a job is: jobs of one kind predict each other's duration."""
+    return "meta-training" if job.name.startswith("meta_train/") else "meta-test"
+
+
+def projected_seconds(
+    remaining: Iterable[Job], durations: Mapping[str, Sequence[float]], estimates: Mapping[str, float],
+    parallel: int = 1,
+) -> float | None:
+    """The wall-clock seconds the ``remaining`` jobs should take, ``parallel`` at a time: each
+    job costs the mean of the ``durations`` (seconds) of the finished jobs of its
+    :func:`job_kind`, or while none has finished, the kind's configured ``estimates`` (seconds);
+    ``None`` when a kind has neither.
+
+    >>> jobs = [Job("meta_train/a", ()), Job("logs/x/sgd/seed0", ()), Job("logs/x/lion/seed0", ())]
+    >>> projected_seconds(jobs, {"meta-test": [10.0, 30.0]}, {"meta-training": 600.0, "meta-test": 99.0})
+    640.0
+    """
+    costs = [
+        statistics.fmean(durations[kind]) if durations.get(kind) else estimates.get(kind)
+        for kind in map(job_kind, remaining)
+    ]
+    return None if None in costs else sum(costs) / parallel
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as people read it: seconds under a minute, else whole minutes (and hours).
+
+    >>> format_duration(7500), format_duration(420), format_duration(20.4)
+    ('2 h 05 min', '7 min', '20 s')
+    """
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def experiment_config(optimizee: str, optimizer: str) -> str:
@@ -171,19 +224,41 @@ def plan(
 
 
 class Study:
-    """Runs a plan under ``out``: a job is done when ``jobs/<name>.done`` holds its fingerprint.
-    An unfinished meta-training resumes from its ``last.ckpt``; any other unfinished job's
-    directory is wiped and the job rerun, so no run is logged twice."""
+    """Runs a plan under ``out``: a job is done when the first line of ``jobs/<name>.done`` is
+    its fingerprint (the second, its duration in seconds). An unfinished meta-training resumes
+    from its ``last.ckpt``; any other unfinished job's directory is wiped and the job rerun, so no
+    run is logged twice. The progress bar's time left is :func:`projected_seconds` from the
+    durations of the runs finished so far (this study's earlier sessions' too) and ``estimates``
+    (seconds per job of each kind)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, estimates: Mapping[str, float] | None = None) -> None:
         self.out = out
+        self.estimates = dict(estimates or {})
 
     def _marker(self, job: Job) -> Path:
         return self.out / "jobs" / f"{job.name}.done"
 
-    def is_done(self, job: Job) -> bool:
+    def _marker_lines(self, job: Job) -> list[str]:
         marker = self._marker(job)
-        return marker.exists() and marker.read_text().strip() == job.fingerprint
+        return marker.read_text().split() if marker.exists() else []
+
+    def is_done(self, job: Job) -> bool:
+        return self._marker_lines(job)[:1] == [job.fingerprint]
+
+    def durations(self, jobs: Iterable[Job]) -> dict[str, list[float]]:
+        """The recorded durations (seconds) of the done ``jobs``, by :func:`job_kind`."""
+        durations: dict[str, list[float]] = {kind: [] for kind in JOB_KINDS}
+        for job in jobs:
+            lines = self._marker_lines(job)
+            if self.is_done(job) and len(lines) > 1:
+                durations[job_kind(job)].append(float(lines[1]))
+        return durations
+
+    def time_left(self, jobs: Sequence[Job], parallel: int = 1) -> str:
+        """The projected time the ``jobs`` not done yet take, in words (``'about 2 h 05 min'``)."""
+        remaining = [job for job in jobs if not self.is_done(job)]
+        seconds = projected_seconds(remaining, self.durations(jobs), self.estimates, parallel)
+        return "unknown" if seconds is None else f"about {format_duration(seconds)}"
 
     def run(self, jobs: list[Job], execute=None, parallel: int = 1) -> list[Job]:
         """Run every job not done yet (printing its command), ``parallel`` at a time (each
@@ -194,18 +269,26 @@ class Study:
 
         execute = execute or (_run_l2o if parallel == 1 else _run_l2o_subprocess)
         failed: list[Job] = []
-        bar = tqdm(total=len(jobs), desc="study", unit="run", file=sys.stdout)
-        trainings = [job for job in jobs if job.name.startswith("meta_train/")]
-        tests = [job for job in jobs if not job.name.startswith("meta_train/")]
+        # tqdm's own projection would take a meta-test for as long as a meta-training
+        bar = tqdm(total=len(jobs), desc="study", file=sys.stdout,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]")
+
+        def show_time_left(still_to_run: list[Job]) -> None:
+            bar.set_postfix_str(f"time left {self.time_left(still_to_run, parallel)}", refresh=False)
+
+        show_time_left(jobs)
+        trainings = [job for job in jobs if job_kind(job) == "meta-training"]
+        tests = [job for job in jobs if job_kind(job) == "meta-test"]
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             mapper = map if parallel == 1 else pool.map  # one at a time: in this thread, in order
             try:
                 for phase in (trainings, tests):  # meta-tests load the trainings' checkpoints
                     done = mapper(lambda job: self._run_one(job, execute, bar), phase)
                     for job, ok in zip(phase, done, strict=True):
-                        bar.update()
                         if not ok:
                             failed.append(job)
+                        show_time_left([job for job in jobs if job not in failed])  # failed: not rerun now
+                        bar.update()
             except BaseException:  # an interrupted study starts nothing more
                 pool.shutdown(cancel_futures=True)
                 raise
@@ -231,10 +314,11 @@ class Study:
             return False
         if job.name.startswith("meta_train/"):
             publish_best_checkpoint(self.out, job.name)
+        seconds = time.perf_counter() - started
         marker = self._marker(job)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(job.fingerprint + "\n")
-        bar.write(f"  done in {time.perf_counter() - started:.0f} s: {job.name}")
+        marker.write_text(f"{job.fingerprint}\n{seconds:.1f}\n")
+        bar.write(f"  done in {format_duration(seconds)}: {job.name}")
         return True
 
 
@@ -327,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     if args.trajectories is not None:
-        preset = replace(preset, trajectories=args.trajectories)
+        preset = preset.with_trajectories(args.trajectories)
     if not (REPO_ROOT / "configs").is_dir():
         parser.error(
             f"the study runs the repository's configs/, which is not at {REPO_ROOT / 'configs'}: install "
@@ -351,12 +435,12 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             print(f"not shipped, so not meta-tested: {', '.join(sorted(missing))} (meta-train them with "
                   "configs/paper/meta_train/<name>.yaml, or run without --pretrained)", file=sys.stderr)
-    study = Study(out)
+    study, parallel = Study(out, preset.estimated_seconds()), max(1, args.jobs)
     todo = sum(not study.is_done(job) for job in jobs)
     print(f"l2o-reproduce --preset {args.preset} --protocol {args.protocol}: {len(jobs)} runs "
-          f"({todo} to do), expected about {preset.minutes} min for the full study on 2 CPU cores; "
-          f"results in {out}; commands run from {REPO_ROOT}")
-    failed = study.run(jobs, parallel=max(1, args.jobs))
+          f"({todo} to do: {study.time_left(jobs, parallel)} with {parallel} at a time on a 2-core "
+          f"machine); results in {out}; commands run from {REPO_ROOT}")
+    failed = study.run(jobs, parallel=parallel)
     report(out, protocols, preset)
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(j.name for j in failed), file=sys.stderr)
