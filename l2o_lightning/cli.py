@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 from jsonargparse import ArgumentError, Namespace
 from jsonargparse.typing import import_object
@@ -22,11 +23,17 @@ from l2o_lightning import REPO_ROOT
 from l2o_lightning.data import MNISTDataModule
 from l2o_lightning.errors import ConfigError, DivergenceError
 from l2o_lightning.learned import read_checkpoint
+from l2o_lightning.meta import MetaTrainModule
+from l2o_lightning.optim import L2O, LionSGD
+from l2o_lightning.optimizee_module import OptimizeeModule
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CKPT_KEYWORDS = ("last", "best", "hpc")  # resolved by Lightning itself
 # data settings a resumed run may change: where the files lie and how the test split is batched
 DATA_FREE_ON_RESUME = ("data_dir", "download", "eval_batch_size")
+# jsonargparse resolves a short class name (`--model OptimizeeModule`, `--model.help
+# MetaTrainModule`, `--optimizer.help L2O`) among the subclasses loaded: these are loaded here
+PROJECT_CLASSES = {"model": (OptimizeeModule, MetaTrainModule), "optimizer": (L2O, LionSGD)}
 
 
 class L2OCLI(LightningCLI):
@@ -48,7 +55,7 @@ class L2OCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             argv = list(sys.argv[1:] if args is None else args)
-            unknown = _unknown_setting(str(err), argv, self._subcommand_parsers)
+            unknown = _unknown_setting(str(err), argv, self._subcommand_parsers) or _unknown_class(str(err))
             if unknown is None:
                 raise
             raise ConfigError(unknown) from None
@@ -334,6 +341,30 @@ def _unknown_setting(message: str, argv: list[str], subcommand_parsers: dict) ->
     valid = [action.dest for action in subcommand_parsers[subcommand]._actions if action.dest != "help"]
     return (f"`{key}`{_given_in(argv, key.split('.'))} is not a setting of `l2o {subcommand}`"
             f"{_did_you_mean(key, valid)} Run `l2o {subcommand} --help` for the accepted settings.")
+
+
+def _short_class_names(section: str) -> list[str]:
+    """The classes a ``section`` (``model``, ``optimizer``) accepts by short name: the project's,
+    and for ``optimizer`` torch.optim's too."""
+    names = [cls.__name__ for cls in PROJECT_CLASSES.get(section, ())]
+    if section == "optimizer":
+        names += [name for name, obj in vars(torch.optim).items() if isinstance(obj, type)
+                  and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer]
+    return names
+
+
+def _unknown_class(message: str) -> str | None:
+    """One paragraph for a ``--<section>.help NAME`` whose class jsonargparse cannot find: the
+    closest class name and the ones accepted without their import path; ``None`` when
+    ``message`` reports something else."""
+    match = re.search(r"--(\w+)\.help: Expected a dot import path string: (\S+)", message)
+    if match is None:
+        return None
+    section, name = match.groups()
+    known = _short_class_names(section)
+    return (f"`--{section}.help {name}`: no {section} class is named {name}{_did_you_mean(name, known)} "
+            f"Classes known by their name: {', '.join(known) or 'none'}; any other by its import path "
+            "(`package.module.Class`).")
 
 
 def _init_settings(class_path: str, skip: tuple[str, ...]) -> list[str]:
