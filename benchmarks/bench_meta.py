@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from l2o_lightning.checkpoints import checkpoint_entry
 from l2o_lightning.data import load_mnist, resolve_data_dir
-from l2o_lightning.learned import LSTMOptimizerNet, LSTMState, checkpoint_entry
+from l2o_lightning.learned import LSTMOptimizerNet, LSTMState
 from l2o_lightning.optim import L2O
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.unroll import Trajectory, learned_step, meta_objective, unroll_truncation

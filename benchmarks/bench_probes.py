@@ -25,9 +25,10 @@ import torch
 import yaml
 
 from l2o_lightning.callbacks import CovarianceProbe, SymmetryProbe, TailIndexProbe, UpdateStatsProbe
+from l2o_lightning.checkpoints import CHECKPOINT_KEY, checkpoint_entry
 from l2o_lightning.data import MNISTDataModule
 from l2o_lightning.dynamics.per_sample import grouped_pool_gradients, pool_gradients, split_units
-from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.learned import LSTMOptimizerNet
 from l2o_lightning.optim import L2O
 from l2o_lightning.optimizee_module import OptimizeeModule
 from l2o_lightning.optimizees import MLP

@@ -20,9 +20,9 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from l2o_lightning import REPO_ROOT
+from l2o_lightning.checkpoints import read_checkpoint
 from l2o_lightning.data import MNISTDataModule
 from l2o_lightning.errors import ConfigError, DivergenceError
-from l2o_lightning.learned import read_checkpoint
 from l2o_lightning.meta import MetaTrainModule
 from l2o_lightning.optim import L2O, LionSGD
 from l2o_lightning.optimizee_module import OptimizeeModule

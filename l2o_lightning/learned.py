@@ -13,12 +13,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-
-from l2o_lightning.errors import ConfigError
 
 # the LSTMCell gate order (input, forget, cell candidate, output) along the 4*hidden axis
 _GATES = 4
@@ -289,81 +286,3 @@ class LSTMOptimizerNet(nn.Module):
                     x = self.kernels.forward(z, c_l[cols])[0]
                 out[rows, cols] = torch.matmul(x, head_weight).add_(head_bias)
         return out.view(grads.shape)
-
-
-CHECKPOINT_KEY = "l2o"
-CHECKPOINT_FORMAT_VERSION = 1
-
-
-def checkpoint_entry(net: LSTMOptimizerNet) -> dict:
-    """The network as primitives and tensors only, so ``torch.load(weights_only=True)``
-    reads it: ``{"format_version", "net_config", "state_dict"}``."""
-    return {
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "net_config": net.config,
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-    }
-
-
-def net_from_checkpoint_entry(entry: dict) -> LSTMOptimizerNet:
-    """Rebuild the network saved by :func:`checkpoint_entry`."""
-    net = LSTMOptimizerNet(**entry["net_config"])
-    net.load_state_dict(entry["state_dict"])
-    return net
-
-
-def _load_failure(err: Exception) -> str:
-    """One line on why ``torch.load(weights_only=True)`` failed, without torch's advice to
-    retry with ``weights_only=False`` (unsafe for files of unknown origin)."""
-    text = str(err)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-    detail = " ".join(text.split())
-    return f"{type(err).__name__}: {detail}" if detail else type(err).__name__
-
-
-def read_checkpoint(path: str | Path, where: str, hint: str) -> dict:
-    """A checkpoint file's content, read with ``torch.load(weights_only=True)`` (tensors and
-    primitives only: nothing in the file is executed).
-
-    Args:
-        path: the file.
-        where: how the error names it, e.g. "checkpoint 'x.ckpt' (setting `ckpt_path`)".
-        hint: the fix the error ends with.
-
-    Raises:
-        ConfigError: the file is missing, truncated, corrupt or holds other objects.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{where} does not exist; {hint}.")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling arbitrary bytes can raise almost any error
-        reason = _load_failure(err)
-        raise ConfigError(
-            f"{where} cannot be read as a checkpoint of tensors and primitives ({reason}); {hint}."
-        ) from None
-    if not isinstance(content, dict):
-        raise ConfigError(f"{where} holds a {type(content).__name__}, not a checkpoint dict; {hint}.")
-    return content
-
-
-def l2o_entry(content: dict, where: str, hint: str) -> dict:
-    """The ``"l2o"`` entry of a meta-training checkpoint's content, checked for its kind and
-    format version; :class:`ConfigError` naming ``where`` otherwise."""
-    entry = content.get(CHECKPOINT_KEY)
-    if not isinstance(entry, dict):
-        hparams = content.get("hyper_parameters")
-        module = hparams.get("_class_path") if isinstance(hparams, dict) else None
-        origin = f"it was written by {module}" if module else "it was not written by meta-training"
-        raise ConfigError(
-            f"{where} has no '{CHECKPOINT_KEY}' entry, so it is not a MetaTrainModule checkpoint "
-            f"({origin}); {hint}."
-        )
-    if entry.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise ConfigError(
-            f"{where} has format version {entry.get('format_version')!r}, this version of "
-            f"l2o_lightning reads {CHECKPOINT_FORMAT_VERSION}; meta-train again or use a matching release."
-        )
-    return entry

@@ -47,9 +47,19 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from l2o_lightning.callbacks.base import observe_meta_training_step
+from l2o_lightning.checkpoints import (
+    CHECKPOINT_KEY,
+    TRAINING_STATE_KEY,
+    checkpoint_entry,
+    l2o_entry,
+    layout_mismatch,
+    pack_training_state,
+    training_state,
+    unpack_trajectory,
+)
 from l2o_lightning.data import EndlessMinibatches
 from l2o_lightning.errors import ConfigError, DivergenceError
-from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, LSTMState, checkpoint_entry, l2o_entry
+from l2o_lightning.learned import LSTMOptimizerNet, LSTMState
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import last_logged_steps
 from l2o_lightning.unroll import (
@@ -65,8 +75,6 @@ from l2o_lightning.unroll import (
     validate_symmetry_reg,
 )
 
-TRAINING_STATE_KEY = "meta_training"  # checkpoint entry of what resuming needs beyond Lightning's state
-TRAINING_STATE_VERSION = 1
 STEP_TAG = "meta/trajectory"  # logged at every truncation: the resume bookkeeping reads it back
 _CKPT_HINT = "pass a checkpoint written by `l2o fit -c configs/meta_train/<optimizee>.yaml`"
 
@@ -374,56 +382,27 @@ class MetaTrainModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = checkpoint_entry(self.net)
         if self.progress is not None:
-            checkpoint[TRAINING_STATE_KEY] = {
-                "format_version": TRAINING_STATE_VERSION,
-                "progress": asdict(self.progress),
-                "trajectory": self.gathered_trajectory(),
-            }
-
-    def gathered_trajectory(self) -> dict | None:
-        """The trajectories of all processes, stacked along a leading process dim (every
-        process calls this: under DDP it is a collective)."""
-        if self.trajectory is None:
-            return None
-        world = self.trainer.world_size
-
-        def gather(tensor: Tensor) -> Tensor:
-            return (tensor[None] if world == 1 else self.all_gather(tensor)).cpu()
-
-        params, state = self.trajectory.params, self.trajectory.state
-        return {
-            "processes": world, "tasks_per_step": self.hparams.tasks_per_step, "step": self.trajectory.step,
-            "params": gather(params), "h": gather(state.h), "c": gather(state.c),
-        }
+            world = self.trainer.world_size
+            checkpoint[TRAINING_STATE_KEY] = pack_training_state(
+                asdict(self.progress), self.trajectory, world, self.hparams.tasks_per_step,
+                gather=lambda tensor: tensor[None] if world == 1 else self.all_gather(tensor),
+            )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         where = "the checkpoint given as `ckpt_path`"
         l2o_entry(checkpoint, where, _CKPT_HINT)
-        state = checkpoint.get(TRAINING_STATE_KEY)
-        if state is not None and state.get("format_version") != TRAINING_STATE_VERSION:
-            raise ConfigError(
-                f"{where} holds meta-training state of format version {state.get('format_version')!r}, this "
-                f"version of l2o_lightning resumes {TRAINING_STATE_VERSION}; resume with a matching release, "
-                "or start afresh (without `--ckpt_path`)."
-            )
-        self.resume_state = state
+        self.resume_state = training_state(checkpoint, where)
 
     def restored_trajectory(self, saved: dict | None) -> Trajectory | None:
         """This process's trajectories from a checkpoint; ``None`` (a new round starts) when the
         checkpoint has none or was written with other ``tasks_per_step`` or process counts."""
         if saved is None:
             return None
-        layout = (self.trainer.world_size, self.hparams.tasks_per_step)
-        if (saved["processes"], saved["tasks_per_step"]) != layout:
-            rank_zero_warn(
-                f"the checkpoint's trajectories ran on {saved['processes']} process(es) x "
-                f"{saved['tasks_per_step']} task(s), this run has {layout[0]} x {layout[1]}: "
-                "they restart with fresh optimizees."
-            )
+        mismatch = layout_mismatch(saved, self.trainer.world_size, self.hparams.tasks_per_step)
+        if mismatch is not None:
+            rank_zero_warn(mismatch)
             return None
-        rank = self.global_rank
-        state = LSTMState(saved["h"][rank].to(self.device), saved["c"][rank].to(self.device))
-        return Trajectory(saved["params"][rank].to(self.device), state, saved["step"])
+        return Trajectory(*unpack_trajectory(saved, self.global_rank, self.device))
 
     def logged_through(self) -> int:
         """The last step of this run's TensorBoard event files (-1 when there is none): a

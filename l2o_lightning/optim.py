@@ -13,14 +13,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from l2o_lightning import pretrained
+from l2o_lightning.checkpoints import l2o_entry, net_from_checkpoint_entry, read_checkpoint
 from l2o_lightning.errors import ConfigError
-from l2o_lightning.learned import (
-    LSTMOptimizerNet,
-    LSTMState,
-    l2o_entry,
-    net_from_checkpoint_entry,
-    read_checkpoint,
-)
+from l2o_lightning.learned import LSTMOptimizerNet, LSTMState
 
 
 def optimizer_params(optimizer: Optimizer) -> list[Tensor]:

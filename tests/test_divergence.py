@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from l2o_lightning.learned import LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.checkpoints import checkpoint_entry
+from l2o_lightning.learned import LSTMOptimizerNet
 from l2o_lightning.tb import raw_scalars
 
 # trajectories of 2 truncations of 2 steps, no validation

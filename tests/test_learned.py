@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from l2o_lightning import learned
+from l2o_lightning.checkpoints import checkpoint_entry
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import (
     LSTMOptimizerNet,
     LSTMState,
-    checkpoint_entry,
     lstm_cell,
     preprocess_gradients,
 )

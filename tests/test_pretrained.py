@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from l2o_lightning import pretrained
+from l2o_lightning.checkpoints import CHECKPOINT_KEY, checkpoint_entry
 from l2o_lightning.errors import ConfigError
-from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.learned import LSTMOptimizerNet
 from l2o_lightning.optim import L2O
 from l2o_lightning.optimizees import MLP
 

@@ -16,12 +16,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from l2o_lightning import meta
 from l2o_lightning.callbacks import CovarianceProbe, SymmetryProbe, TailIndexProbe, UpdateStatsProbe
 from l2o_lightning.callbacks.base import NoiseProbe
+from l2o_lightning.checkpoints import CHECKPOINT_KEY, checkpoint_entry
 from l2o_lightning.cli import main
 from l2o_lightning.data import MNISTDataModule, loader_pass
 from l2o_lightning.dynamics import per_sample
 from l2o_lightning.dynamics.tail_index import tail_index
 from l2o_lightning.errors import ConfigError
-from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.learned import LSTMOptimizerNet
 from l2o_lightning.optim import L2O, LionSGD
 from l2o_lightning.optimizee_module import OptimizeeModule
 from l2o_lightning.optimizees import MLP

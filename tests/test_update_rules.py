@@ -6,9 +6,10 @@ import pytest
 import torch
 from lion_pytorch import Lion
 
+from l2o_lightning.checkpoints import CHECKPOINT_KEY, checkpoint_entry
 from l2o_lightning.dynamics import update_rules
 from l2o_lightning.dynamics.update_rules import flat_optimizer_params, stepped_updates, updates
-from l2o_lightning.learned import CHECKPOINT_KEY, LSTMOptimizerNet, checkpoint_entry
+from l2o_lightning.learned import LSTMOptimizerNet
 from l2o_lightning.optim import L2O, LionSGD
 
 OPTIMIZERS = {

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from l2o_lightning.checkpoints import CHECKPOINT_KEY, TRAINING_STATE_KEY, l2o_entry, read_checkpoint
 from l2o_lightning.errors import ConfigError
-from l2o_lightning.learned import CHECKPOINT_KEY, l2o_entry, read_checkpoint
 
 PREFIX = "pretrained:"
 FOLDER = Path(__file__).resolve().parent
@@ -54,7 +54,7 @@ def export(checkpoint: str | Path, name: str, command: str, commit: str) -> Path
     where = f"meta-training checkpoint '{checkpoint}'"
     hint = "pass a checkpoint written by `l2o fit -c configs/paper/meta_train/...`"
     entry = l2o_entry(content := read_checkpoint(checkpoint, where, hint), where, hint)
-    progress = content.get("meta_training", {}).get("progress", {})
+    progress = content.get(TRAINING_STATE_KEY, {}).get("progress", {})
     provenance = {
         "command": command,
         "commit": commit,
