@@ -46,7 +46,6 @@ from torch.func import vmap
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from l2o_lightning.callbacks.base import observe_meta_training_step
 from l2o_lightning.checkpoints import (
     CHECKPOINT_KEY,
     TRAINING_STATE_KEY,
@@ -60,6 +59,7 @@ from l2o_lightning.checkpoints import (
 from l2o_lightning.data import EndlessMinibatches
 from l2o_lightning.errors import ConfigError, DivergenceError
 from l2o_lightning.learned import LSTMOptimizerNet, LSTMState
+from l2o_lightning.optimizee_steps import MetaTrainingStepListener, OptimizeeStep, step_listeners
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import last_logged_steps
 from l2o_lightning.unroll import (
@@ -206,6 +206,7 @@ class MetaTrainModule(L.LightningModule):
         self.trajectory: Trajectory | None = None
         self._position = 0  # optimizee step inside the current truncation
         self.task_ids: list[int] = []
+        self.step_listeners: list[MetaTrainingStepListener] = []  # shown every optimizee step: the probes
         self.log_through: int | None = None  # steps up to this one are already in the event files
         self.resume_state: dict | None = None
         self.eval_final_params: Tensor | None = None
@@ -216,6 +217,7 @@ class MetaTrainModule(L.LightningModule):
     def on_fit_start(self) -> None:
         world, rank = self.trainer.world_size, self.global_rank
         self.task_ids = [k * world + rank for k in range(self.hparams.tasks_per_step)]
+        self.step_listeners = step_listeners(self.trainer)
         self.limit_steps_to_budget()
         state, self.resume_state = self.resume_state, None
         if state is None:
@@ -234,15 +236,19 @@ class MetaTrainModule(L.LightningModule):
         return Trajectory(params, self.net.initial_state(params.shape, device=self.device))
 
     def step_hook(self, params: Tensor, grad: Tensor, update: Tensor, state: LSTMState) -> Tensor:
-        """At every optimizee step of a truncation: show the probes the first task's step (not
-        while a resumed run recomputes steps already logged), and return the term added to the
-        meta-loss (the symmetry regularizer, if any)."""
+        """At every optimizee step of a truncation: publish the first task's step to the
+        :class:`~l2o_lightning.optimizee_steps.MetaTrainingStepListener` callbacks, and return
+        the term added to the meta-loss (the symmetry regularizer, if any)."""
         position = (self.progress.batches - 1) * self.hparams.unroll + self._position
         self._position += 1
-        if self.logs_to_loggers():
-            first_task = LSTMState(state.h[:, 0], state.c[:, 0])
-            rule = partial(self.net.updates_from_one_state, state=first_task)
-            observe_meta_training_step(self.trainer, self.optimizee, position, params, grad, update, rule)
+        if self.step_listeners:
+            first_task = LSTMState(state.h[:, 0], state.c[:, 0]).detach()
+            step = OptimizeeStep(
+                position, params[0].detach(), grad[0].detach(), update[0].detach(),
+                rule=partial(self.net.updates_from_one_state, state=first_task),
+            )
+            for listener in self.step_listeners:
+                listener.on_meta_training_step(self.trainer, self, step)
         if self.symmetry_reg is None:
             return update.new_zeros(())
         return symmetry_penalty(update, params, self.optimizee, **self.symmetry_reg)

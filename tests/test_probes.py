@@ -13,7 +13,6 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lion_pytorch import Lion
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from l2o_lightning import meta
 from l2o_lightning.callbacks import CovarianceProbe, SymmetryProbe, TailIndexProbe, UpdateStatsProbe
 from l2o_lightning.callbacks.base import NoiseProbe
 from l2o_lightning.checkpoints import CHECKPOINT_KEY, checkpoint_entry
@@ -179,23 +178,31 @@ def test_probes_follow_the_trajectory_during_meta_training(run_cli, tmp_path):
     assert all(v > 0 for _, v in scalars["covariance/top_eig"])
 
 
+class PublishedSteps(L.Callback):
+    """A meta-training step listener (by its method alone): keeps each published optimizee step
+    and what its rule gives the step's own gradient (the rule holds while the step is shown)."""
+
+    seen: list = []
+
+    def on_meta_training_step(self, trainer, pl_module, step):
+        PublishedSteps.seen.append((step, step.rule(step.grad[None])[0]))
+
+
 @pytest.mark.mnist
 def test_the_noise_probes_update_rule_during_meta_training_is_the_steps_own(run_cli, monkeypatch):
-    """Applied to the step's own gradient, the rule the noise probes get gives the update the
-    LSTM applied: it runs from the first task's state before the step (not after it)."""
-    seen = []
-
-    def spy(trainer, model, step, params, grad, update, rule):
-        seen.append((rule(grad[:1].detach()), update[0].detach()))
-
-    monkeypatch.setattr(meta, "observe_meta_training_step", spy)
+    """Every optimizee step is published to a callback with ``on_meta_training_step``, and the
+    rule it carries, applied to the step's own gradient, gives the update the LSTM applied: it
+    runs from the first task's state before the step (not after it)."""
+    monkeypatch.setattr(PublishedSteps, "seen", [])
     run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", "--model.init_args.n_iters", "4",
             "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
-            "--model.init_args.trajectories", "1", "--trainer.limit_val_batches", "0")
-    assert len(seen) == 4
-    for from_rule, applied in seen:
-        torch.testing.assert_close(from_rule[0], applied, rtol=1e-5, atol=1e-7)
-    assert not torch.allclose(seen[0][1], seen[1][1])  # a state-dependent, changing update
+            "--model.init_args.trajectories", "1", "--trainer.limit_val_batches", "0",
+            "--trainer.callbacks+", f"{__name__}.PublishedSteps")
+    steps = [step for step, _ in PublishedSteps.seen]
+    assert [step.position for step in steps] == [0, 1, 2, 3]
+    for step, from_rule in PublishedSteps.seen:
+        torch.testing.assert_close(from_rule, step.update, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(steps[0].update, steps[1].update)  # a state-dependent, changing update
 
 
 

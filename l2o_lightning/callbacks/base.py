@@ -8,7 +8,7 @@ training: it only reads detached copies and draws no random numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -23,6 +23,7 @@ from l2o_lightning.dynamics.per_sample import UnitGroup, grouped_pool_gradients,
 from l2o_lightning.dynamics.update_rules import updates
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.optim import optimizer_params
+from l2o_lightning.optimizee_steps import OptimizeeStep, RowUpdates
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import last_logged_steps
 
@@ -128,7 +129,9 @@ class Probe(L.Callback):
 
 class AppliedUpdateProbe(Probe):
     """A probe of the update actually applied, ``u = theta_after - theta_before``: records
-    ``theta`` and the gradient before ``optimizer.step()`` and observes after the batch."""
+    ``theta`` and the gradient before ``optimizer.step()`` and observes after the batch; during
+    meta-training it observes the optimizee steps the module publishes
+    (:class:`~l2o_lightning.optimizee_steps.MetaTrainingStepListener`)."""
 
     def __init__(self, every_n_steps: int = 10) -> None:
         super().__init__(every_n_steps)
@@ -143,7 +146,7 @@ class AppliedUpdateProbe(Probe):
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer
     ) -> None:
         # under manual optimization (meta-training) the optimizer steps the meta-parameters;
-        # the module shows the optimizee's steps itself (observe_meta_training_step)
+        # the module publishes the optimizee's steps (on_meta_training_step)
         if pl_module.automatic_optimization and self.due(trainer):
             model = optimizee_of(pl_module)
             self._before = (trainer.global_step, model.flat_parameters(), flat_grad(model))
@@ -156,23 +159,12 @@ class AppliedUpdateProbe(Probe):
         model = optimizee_of(pl_module)
         self.observe(step, model, theta, grad, model.flat_parameters() - theta)
 
-
-# gradient rows [N, D] (optimizee layout) -> the updates [N, D'] the optimizer would apply
-RowUpdates = Callable[[Tensor], Tensor]
-
-
-@torch.no_grad()
-def observe_meta_training_step(
-    trainer: L.Trainer, model: MLP, step: int, params: Tensor, grad: Tensor, update: Tensor, rule: RowUpdates
-) -> None:
-    """Show the first task's optimizee step of a meta-training truncation (``params``,
-    ``grad``, ``update``: ``[tasks, D]``; ``rule``: the first task's update rule before the
-    step) to every probe due at ``step`` (meta-training's running count of optimizee steps)."""
-    for probe in trainer.callbacks:
-        if isinstance(probe, AppliedUpdateProbe) and probe.due_at(step):
-            probe.observe(step, model, params[0].detach(), grad[0].detach(), update[0].detach())
-        elif isinstance(probe, NoiseProbe) and probe.due_at(step) and probe.has_pool:
-            probe.probe(trainer, step, model, params[0].detach(), rule)
+    @torch.no_grad()
+    def on_meta_training_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, step: OptimizeeStep
+    ) -> None:
+        if self.due_at(step.position):
+            self.observe(step.position, optimizee_of(pl_module), step.params, step.grad, step.update)
 
 
 # the centre of the update noise: the mean of the units' updates, or the update of their mean gradient
@@ -267,11 +259,6 @@ class NoiseProbe(Probe):
         a :class:`Noise` holds both centres)."""
         return self.num_units, self.unit, self.seed
 
-    @property
-    def has_pool(self) -> bool:
-        """Whether the pool is drawn (between fit start and teardown, when logging)."""
-        return self._pool is not None
-
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         NoiseProbe._shared.clear()
@@ -297,7 +284,7 @@ class NoiseProbe(Probe):
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer
     ) -> None:
         # under manual optimization (meta-training) the optimizer steps the meta-parameters;
-        # the module shows the optimizee's steps itself (observe_meta_training_step)
+        # the module publishes the optimizee's steps (on_meta_training_step)
         if not pl_module.automatic_optimization or not self.due(trainer) or self._pool is None:
             return
         model, optimizer = optimizee_of(pl_module), trainer.optimizers[0]
@@ -307,6 +294,13 @@ class NoiseProbe(Probe):
             return updates(optimizer, rows[:, index])
 
         self.probe(trainer, trainer.global_step, model, model.flat_parameters(), rule)
+
+    @torch.no_grad()
+    def on_meta_training_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, step: OptimizeeStep
+    ) -> None:
+        if self.due_at(step.position) and self._pool is not None:
+            self.probe(trainer, step.position, optimizee_of(pl_module), step.params, step.rule)
 
     def probe(self, trainer: L.Trainer, step: int, model: MLP, theta: Tensor, rule: RowUpdates) -> None:
         """Observe the noise at ``step``, computed once for all noise probes with the same pool."""
