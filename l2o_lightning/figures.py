@@ -1,10 +1,12 @@
 """The paper's figures from a study's runs (matplotlib, 150 dpi): one colour per optimizer,
 solid for learned optimizers, dashed for hand-designed baselines; a panel without data says
 "no data". Each ``fig*`` function builds its figure (``None``: nothing to draw),
-:func:`write_all` saves them under :data:`FILES`' names."""
+:func:`write_all` saves those of :data:`FIGURES` asked for."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +19,7 @@ from l2o_lightning.runs import HISTOGRAM_STEPS, Run, aggregate, histogram_optimi
 
 DPI = 150
 NO_DATA = "no data"
+ZEROS_LEFT_OUT = "|u| = 0, not on the log axis:"  # begins a histogram panel's note of the zeros
 COLORS = {
     "l2o": "tab:red", "l2o_reg_0.1": "tab:orange", "l2o_reg_0.5": "tab:olive", "l2o_reg_1": "tab:brown",
     "sgd": "tab:blue", "adam": "tab:green", "lion": "tab:purple",
@@ -52,12 +55,16 @@ def _band(ax: plt.Axes, runs: list[Run], optimizee: str, optimizer: str, tag: st
     ax.fill_between(agg.steps, mean - std, mean + std, color=style["color"], alpha=0.2)
 
 
+def _say_no_data(ax: plt.Axes) -> None:
+    ax.text(0.5, 0.5, NO_DATA, transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
 def _finish(ax: plt.Axes, drawn: bool) -> None:
     """A legend on a panel with data, the words :data:`NO_DATA` across one without."""
     if drawn:
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, NO_DATA, transform=ax.transAxes, ha="center", va="center", color="gray")
+        _say_no_data(ax)
 
 
 def _panel(ax, runs, optimizee, optimizers, tag, title, ylabel, log=False, smooth=1) -> None:
@@ -70,7 +77,7 @@ def _panel(ax, runs, optimizee, optimizers, tag, title, ylabel, log=False, smoot
 
 
 def fig1_symmetry(runs: list[Run]) -> plt.Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     order = ("l2o", "lion", "adam", "sgd")
     _panel(axes[0], runs, "leaky_relu", _present(runs, "leaky_relu", order),
            "symmetry/rescale/update/abs_sum", "Rescale symmetry breaking (Leaky ReLU)", "|sum_j d_j|")
@@ -80,10 +87,15 @@ def fig1_symmetry(runs: list[Run]) -> plt.Figure:
 
 
 def fig2_regularization(runs: list[Run]) -> plt.Figure:
+    """Train loss of the L2Os meta-trained with symmetry regularization (``l2o_reg_<beta>``)
+    beside the L2O without it and the baselines; a panel of an optimizee without such runs
+    says :data:`NO_DATA` (the others alone show no regularization)."""
     order = ("l2o", "l2o_reg_0.1", "l2o_reg_0.5", "l2o_reg_1", "sgd", "adam", "lion")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for ax, optimizee in zip(axes, ("leaky_relu", "bn_relu"), strict=True):
-        _panel(ax, runs, optimizee, _present(runs, optimizee, order), "train/loss",
+        present = _present(runs, optimizee, order)
+        regularized = any(optimizer.startswith("l2o_reg_") for optimizer in present)
+        _panel(ax, runs, optimizee, present if regularized else [], "train/loss",
                f"Symmetry-breaking regularization ({optimizee})", "train loss (10-step average)",
                log=True, smooth=10)
     return fig
@@ -92,7 +104,7 @@ def fig2_regularization(runs: list[Run]) -> plt.Figure:
 def fig3_tail_covariance(runs: list[Run]) -> plt.Figure:
     order = ("l2o", "lion", "adam", "sgd")
     present = _present(runs, "leaky_relu", order)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     width = 0.38
     for i, optimizer in enumerate(present):
         cell = select(runs, "leaky_relu", optimizer)
@@ -111,35 +123,66 @@ def fig3_tail_covariance(runs: list[Run]) -> plt.Figure:
     return fig
 
 
+def magnitude_fractions(edges: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """A histogram of magnitudes (values ``>= 0``; ``edges``: its buckets' ``len(counts) + 1``
+    edges) as a log axis can draw it: the edges of the buckets that start above zero, each such
+    bucket's fraction of all the values, and how many values are left out: those of buckets
+    starting at zero (exact zeros, with the bins of
+    :func:`~l2o_lightning.callbacks.update_stats.magnitude_edges`).
+
+    >>> edges, fractions, zeros = magnitude_fractions(np.array([0.0, 1e-3, 1e-1, 1e1]), np.array([2, 5, 3]))
+    >>> edges.tolist(), fractions.tolist(), zeros
+    ([0.001, 0.1, 10.0], [0.5, 0.3], 2)
+    """
+    above_zero = edges[:-1] > 0
+    fractions = counts / max(counts.sum(), 1)
+    drawn_edges = np.append(edges[:-1][above_zero], edges[-1]) if above_zero.any() else np.array([])
+    return drawn_edges, fractions[above_zero], int(counts[~above_zero].sum())
+
+
 def fig_histograms(runs: list[Run]) -> plt.Figure:
-    """The first seed's ``|u|`` histograms of the first layer's weights at the paper's steps,
-    on :func:`~l2o_lightning.runs.histogram_optimizee`."""
+    """The first seed's ``|u|`` histograms of the first layer's weights at the paper's steps
+    (:data:`~l2o_lightning.runs.HISTOGRAM_STEPS`, a panel each, in a grid, one legend) on
+    :func:`~l2o_lightning.runs.histogram_optimizee`; a panel notes per optimizer how many zeros
+    its log axis leaves out (:func:`magnitude_fractions`)."""
     order = ("l2o", "lion", "adam", "sgd")
     optimizee = histogram_optimizee(runs)
-    present = _present(runs, optimizee, order)
-    fig, axes = plt.subplots(1, len(HISTOGRAM_STEPS), figsize=(3 * len(HISTOGRAM_STEPS), 3), sharey=True)
-    for optimizer in present:
+    columns = math.ceil(len(HISTOGRAM_STEPS) / 2)
+    fig, grid = plt.subplots(2, columns, figsize=(3.2 * columns, 6), sharey=True, layout="constrained")
+    axes = grid.ravel()
+    zeros: dict[int, list[str]] = {step: [] for step in HISTOGRAM_STEPS}
+    for optimizer in _present(runs, optimizee, order):
         per_step = select(runs, optimizee, optimizer)[0].histograms("update_hist/linears.0.weight")
         for ax, step in zip(axes, HISTOGRAM_STEPS, strict=True):
             if step - 1 not in per_step:  # logged at global_step = step - 1
                 continue
-            edges, counts = per_step[step - 1]
-            positive = edges > 0
-            ax.step(edges[positive], counts[positive] / max(counts.sum(), 1), where="post",
-                    **_style(optimizer))
+            edges, fractions, left_out = magnitude_fractions(*per_step[step - 1])
+            if len(fractions):  # a step line: each bucket's fraction from its left edge to the next
+                ax.step(edges, np.append(fractions, fractions[-1]), where="post", **_style(optimizer))
+            if left_out:
+                zeros[step].append(f"{optimizer} {left_out}")
     for ax, step in zip(axes, HISTOGRAM_STEPS, strict=True):
-        ax.set(title=f"step {step} ({optimizee})", xlabel="|update| (first layer)")
+        ax.set(title=f"step {step}", xlabel="|update|")
         if ax.lines:
             ax.set_xscale("log")
-        _finish(ax, bool(ax.lines))
-    axes[0].set_ylabel("fraction of weights (first seed)")
+        else:
+            _say_no_data(ax)
+        if zeros[step]:
+            ax.text(0.02, 0.98, f"{ZEROS_LEFT_OUT} {', '.join(zeros[step])}", transform=ax.transAxes,
+                    ha="left", va="top", fontsize=6, color="dimgray")
+    for ax in grid[:, 0]:
+        ax.set_ylabel("fraction of weights")
+    labelled = {line.get_label(): line for ax in axes for line in ax.lines}
+    if labelled:
+        fig.legend(labelled.values(), labelled.keys(), loc="outside lower center", ncol=len(labelled))
+    fig.suptitle(f"|update| of the first layer's weights, first seed ({optimizee})")
     return fig
 
 
 def fig_lion_sgd(runs: list[Run]) -> plt.Figure:
     order = ("lion", "lion_sgd_0.5", "lion_sgd_0.25", "lion_sgd_0.1", "sgd")
     present = _present(runs, "leaky_relu", order)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     _panel(axes[0], runs, "leaky_relu", present, "symmetry/translation/update/abs_sum",
            "Translation symmetry breaking (Lion-SGD)", "|sum_i d_i|")
     _panel(axes[1], runs, "leaky_relu", present, "train/loss", "Train loss (Lion-SGD)",
@@ -163,7 +206,8 @@ def fig_generalization(runs: list[Run]) -> plt.Figure | None:
             adam = aggregate(select(runs, target, "adam"), "train/loss")
             if l2o is not None and adam is not None:
                 matrix[i, j] = l2o.window_mean(0, 199) / adam.window_mean(0, 199)
-    fig, ax = plt.subplots(figsize=(1.6 * len(optimizees) + 2, 1.2 * len(sources) + 1.5))
+    size = (1.6 * len(optimizees) + 2, 1.2 * len(sources) + 1.5)
+    fig, ax = plt.subplots(figsize=size, layout="constrained")
     image = ax.imshow(matrix, cmap="RdYlGn_r", vmin=0.5, vmax=1.5)
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
@@ -174,18 +218,27 @@ def fig_generalization(runs: list[Run]) -> plt.Figure | None:
     return fig
 
 
-FILES = {
-    "fig1_symmetry.png": fig1_symmetry, "fig2_regularization.png": fig2_regularization,
-    "fig3_tail_covariance.png": fig3_tail_covariance, "fig_histograms.png": fig_histograms,
-    "fig_lion_sgd.png": fig_lion_sgd, "fig_generalization.png": fig_generalization,
+# the figures by the names l2o-reproduce's and l2o-report's --only take: file, builder
+FIGURES = {
+    "fig1": ("fig1_symmetry.png", fig1_symmetry),
+    "fig2": ("fig2_regularization.png", fig2_regularization),
+    "fig3": ("fig3_tail_covariance.png", fig3_tail_covariance),
+    "hist": ("fig_histograms.png", fig_histograms),
+    "lion_sgd": ("fig_lion_sgd.png", fig_lion_sgd),
+    "generalization": ("fig_generalization.png", fig_generalization),
 }
 
 
-def write_all(runs: list[Run], out: Path) -> None:
-    """Save every figure of :data:`FILES` that has something to draw under ``out``."""
-    for name, build in FILES.items():
+def write_all(runs: list[Run], out: Path, only: Iterable[str] = FIGURES) -> list[str]:
+    """Save the figures of :data:`FIGURES` named in ``only`` under ``out``, except those with
+    nothing to draw; the names of those not written."""
+    not_written = []
+    for name in only:
+        file, build = FIGURES[name]
         fig = build(runs)
-        if fig is not None:
-            fig.tight_layout()
-            fig.savefig(out / name, dpi=DPI)
-            plt.close(fig)
+        if fig is None:
+            not_written.append(name)
+            continue
+        fig.savefig(out / file, dpi=DPI)
+        plt.close(fig)
+    return not_written

@@ -10,7 +10,7 @@ import argparse
 import csv
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -410,10 +410,14 @@ def write_protocol_comparison(verdicts: dict[str, list[Verdict]], path: str | Pa
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def build_report(logdir: str | Path, out: str | Path, label: str | None = None) -> list[Verdict]:
-    """Write every figure, ``summary.csv`` and ``summary.md`` (titled ``label``, default the
-    logdir) for the study at ``logdir`` (see :func:`l2o_lightning.runs.discover_runs`, which
-    raises :class:`StudyLayoutError` when it is not a study); returns the verdicts."""
+def build_report(
+    logdir: str | Path, out: str | Path, label: str | None = None, only: Iterable[str] | None = None,
+) -> list[Verdict]:
+    """Write the figures named in ``only`` (default: every one of
+    :data:`l2o_lightning.figures.FIGURES`; one with nothing to draw is named on stdout),
+    ``summary.csv`` and ``summary.md`` (titled ``label``, default the logdir) for the study at
+    ``logdir`` (see :func:`l2o_lightning.runs.discover_runs`, which raises
+    :class:`StudyLayoutError` when it is not a study); returns the verdicts."""
     from l2o_lightning import figures
 
     runs = discover_runs(logdir)
@@ -421,9 +425,23 @@ def build_report(logdir: str | Path, out: str | Path, label: str | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs)
     found = verdicts(runs)
-    figures.write_all(runs, out)
+    for name in figures.write_all(runs, out, figures.FIGURES if only is None else only):
+        file, build = figures.FIGURES[name]
+        print(f"{file} not written: the study has none of the runs it draws "
+              f"(l2o_lightning.figures.{build.__name__})")
     write_summary(rows, found, out, label or str(logdir))
     return found
+
+
+def _figure_names(text: str) -> list[str]:
+    from l2o_lightning.figures import FIGURES
+
+    names = [name for name in text.split(",") if name]
+    unknown = sorted(set(names) - set(FIGURES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown figure(s) {unknown or [text]}; choose from {', '.join(FIGURES)}")
+    return names
 
 
 def _protocol(text: str) -> tuple[str, str]:
@@ -440,11 +458,15 @@ def folder_name(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from l2o_lightning.figures import FIGURES
+
     parser = argparse.ArgumentParser(prog="l2o-report", description=__doc__)
     parser.add_argument("logdir", nargs="?", help="a study (<optimizee>/<optimizer>/seed<k>/ runs), or "
                                                   "l2o-reproduce's --out (one study per protocol)")
     parser.add_argument("--out", default="report", help="output directory for figures and summary")
     parser.add_argument("--label", help="with LOGDIR: the study's name in summary.md (default: LOGDIR)")
+    parser.add_argument("--only", type=_figure_names, default=None, metavar="NAME,...",
+                        help=f"write only these figures, of: {', '.join(FIGURES)} (default: all)")
     parser.add_argument("--protocol", type=_protocol, action="append", default=[], metavar="NAME=LOGDIR",
                         help="a study run under one protocol (repeat): reports in OUT/<NAME>/, verdicts "
                              "side by side in OUT/protocols.md; instead of LOGDIR")
@@ -466,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
                        {p: (path, f"{p} protocol{suffix}", out / p) for p, path in found.items()})
         verdicts_by = {}
         for name, (logdir, label, folder) in studies.items():
-            verdicts_by[name] = build_report(logdir, folder, label)
+            verdicts_by[name] = build_report(logdir, folder, label, args.only)
             print(f"{label}:", *verdicts_by[name], sep="\n")
         if len(studies) > 1:
             write_protocol_comparison(verdicts_by, out / "protocols.md")

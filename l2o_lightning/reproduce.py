@@ -369,9 +369,9 @@ def without_missing_pretrained(jobs: list[Job]) -> tuple[list[Job], set[str]]:
     return kept, missing
 
 
-def report(out: Path, protocols: list[str], preset: Preset) -> None:
-    """One report per protocol under ``out/report/<protocol>`` and, with both, their verdicts
-    side by side in ``out/report/protocols.md``."""
+def report(out: Path, protocols: list[str], preset: Preset, only: Iterable[str] = FIGURES) -> None:
+    """One report per protocol under ``out/report/<protocol>`` (the figures in ``only``) and,
+    with both, their verdicts side by side in ``out/report/protocols.md``."""
     from l2o_lightning.report import build_report, write_protocol_comparison
     from l2o_lightning.runs import StudyLayoutError
 
@@ -379,7 +379,7 @@ def report(out: Path, protocols: list[str], preset: Preset) -> None:
     for protocol in protocols:
         label = f"{protocol} protocol, {preset.label}"
         try:
-            verdicts[protocol] = build_report(out / "logs" / protocol, out / "report" / protocol, label=label)
+            verdicts[protocol] = build_report(out / "logs" / protocol, out / "report" / protocol, label, only)
         except StudyLayoutError as err:  # e.g. no run of this protocol finished
             print(f"no report for the {protocol} protocol: {err}", file=sys.stderr)
             continue
@@ -425,9 +425,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out = Path(args.out).resolve()
     protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
+    only = [f for f in args.only.split(",") if f]
     try:
-        jobs = plan(preset, out, args.seeds, [f for f in args.only.split(",") if f], protocols,
-                    pretrained=args.pretrained)
+        jobs = plan(preset, out, args.seeds, only, protocols, pretrained=args.pretrained)
     except ValueError as err:
         parser.error(str(err))
     if args.pretrained:
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
           f"({todo} to do: {study.time_left(jobs, parallel)} with {parallel} at a time on a 2-core "
           f"machine); results in {out}; commands run from {REPO_ROOT}")
     failed = study.run(jobs, parallel=parallel)
-    report(out, protocols, preset)
+    report(out, protocols, preset, only)
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(j.name for j in failed), file=sys.stderr)
         sys.exit(1)

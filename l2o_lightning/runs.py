@@ -42,13 +42,15 @@ class Run:
         return np.array(steps, dtype=int), np.array([latest[s] for s in steps], dtype=float)
 
     def histograms(self, tag: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """``step -> (bucket_right_edges, counts)`` of one histogram tag."""
+        """``step -> (edges, counts)`` of one histogram tag: the ``len(counts) + 1`` edges of its
+        buckets, the first the smallest value logged (TensorBoard keeps only right edges)."""
         accumulator = EventAccumulator(str(self.path), size_guidance={"histograms": 0})
         accumulator.Reload()
         if tag not in accumulator.Tags()["histograms"]:
             return {}
         return {
-            event.step: (np.array(event.histogram_value.bucket_limit), np.array(event.histogram_value.bucket))
+            event.step: (np.array([event.histogram_value.min, *event.histogram_value.bucket_limit]),
+                         np.array(event.histogram_value.bucket))
             for event in accumulator.Histograms(tag)
         }
 
