@@ -144,6 +144,32 @@ def test_probes_leave_params_and_rng_alone_with_every_optimizer(name, mnist_dir,
     assert all(math.isfinite(value) for tag in SCALAR_TAGS for _, value in scalars[tag])
 
 
+class AppliedUpdates(L.Callback):
+    """Records each step's applied update ``theta_after - theta_before`` of the optimizee."""
+
+    def __init__(self):
+        self.updates = []
+
+    def on_train_batch_start(self, trainer, pl_module, *args):
+        self._before = pl_module.optimizee.flat_parameters()
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.updates.append(pl_module.optimizee.flat_parameters() - self._before)
+
+
+def test_update_stats_are_the_hand_computed_sizes_of_the_applied_update(mnist_dir, tmp_path):
+    applied = AppliedUpdates()
+    short_fit(tmp_path, OPTIMIZERS["sgd"], [UpdateStatsProbe(1), applied])
+    (run_dir,) = tmp_path.glob("*/version_*")
+    scalars = read_scalars(run_dir)
+    for step, u in enumerate(applied.updates):
+        expected = {"update/norm": u.square().sum().sqrt(), "update/abs_mean": u.abs().sum() / u.numel(),
+                    "update/abs_max": u.abs().max()}
+        assert u.abs().sum() > 2 * expected["update/norm"]  # the L1 norm would not pass for the L2 norm
+        for tag, value in expected.items():
+            assert scalars[tag][step] == (step, pytest.approx(value.item(), rel=1e-5)), tag
+
+
 def test_probes_warn_and_stand_down_without_tensorboard(mnist_dir, tmp_path):
     with pytest.warns(UserWarning, match="logs to TensorBoard only") as caught:
         short_fit(tmp_path, OPTIMIZERS["adam"], all_probes("batch"), logger=CSVLogger(tmp_path))

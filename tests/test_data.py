@@ -1,0 +1,48 @@
+"""The meta-training minibatch stream: its passes, its split among processes, and resuming it."""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import torch
+
+from l2o_lightning.data import EndlessMinibatches
+
+N, BATCH, SEED = 22, 4, 3  # 5 minibatches a pass, the last 2 rows of each pass dropped
+X, Y = torch.arange(float(N))[:, None], torch.arange(N)
+
+
+def rows(stream: EndlessMinibatches, items: int) -> list[torch.Tensor]:
+    """The row indices of the first ``items`` items (``y`` is the row index)."""
+    return [y for _, y in islice(iter(stream), items)]
+
+
+def test_the_stream_is_one_fresh_permutation_per_pass_cut_into_minibatches():
+    generator = torch.Generator().manual_seed(SEED)
+    passes = [torch.randperm(N, generator=generator)[:20].view(5, BATCH) for _ in range(3)]
+    assert torch.equal(torch.stack(rows(EndlessMinibatches(X, Y, BATCH, SEED), 15)), torch.cat(passes))
+
+
+def test_shard_r_of_w_keeps_minibatches_r_r_plus_w_of_each_single_process_item():
+    k, shards = 3, 2  # an item of the single-process stream: 6 minibatches, spanning passes
+    single = rows(EndlessMinibatches(X, Y, BATCH, SEED, batches_per_item=k * shards), 4)
+    sharded = [rows(EndlessMinibatches(X, Y, BATCH, SEED, batches_per_item=k, shard=(r, shards)), 4)
+               for r in range(shards)]
+    for item, whole in enumerate(single):
+        for r in range(shards):
+            assert torch.equal(sharded[r][item], whole[r::shards])
+        assert torch.equal(torch.stack([sharded[r][item] for r in range(shards)], 1).flatten(0, 1), whole)
+
+
+def test_start_skips_whole_items_of_every_shard():
+    for shard in ((0, 1), (0, 2), (1, 2)):
+        stream = rows(EndlessMinibatches(X, Y, BATCH, SEED, batches_per_item=3, shard=shard), 7)
+        resumed = rows(EndlessMinibatches(X, Y, BATCH, SEED, batches_per_item=3, shard=shard, start=4), 3)
+        assert all(torch.equal(a, b) for a, b in zip(resumed, stream[4:], strict=True)), shard
+
+
+def test_restart_every_replays_the_first_minibatches_from_any_start():
+    first = rows(EndlessMinibatches(X, Y, BATCH, SEED), 7)
+    replayed = rows(EndlessMinibatches(X, Y, BATCH, SEED, restart_every=7, start=5), 9)
+    expected = first[5:] + first  # minibatches 5, 6, then 0, 1, ... again
+    assert all(torch.equal(a, b) for a, b in zip(replayed, expected[:9], strict=True))
