@@ -27,7 +27,9 @@ Resuming (``l2o fit ... --ckpt_path last``): checkpoints carry, besides Lightnin
 (parameters, LSTM states, step) and the counters of :class:`MetaProgress`, so a resumed run
 continues exactly where the checkpoint was taken. A truncation's metrics are written and
 flushed before its checkpoint; the truncations the interrupted run wrote after its last
-checkpoint are recomputed but not written again: the curves continue without gap or duplicate.
+checkpoint are recomputed, and the resume-aware logger of the shipped configs
+(:class:`~l2o_lightning.loggers.ResumingTensorBoardLogger`) does not write them again: the
+curves continue without gap or duplicate.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from functools import partial
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.func import vmap
@@ -61,7 +62,6 @@ from l2o_lightning.errors import ConfigError, DivergenceError
 from l2o_lightning.learned import LSTMOptimizerNet, LSTMState
 from l2o_lightning.optimizee_steps import MetaTrainingStepListener, OptimizeeStep, step_listeners
 from l2o_lightning.optimizees import MLP
-from l2o_lightning.tb import last_logged_steps
 from l2o_lightning.unroll import (
     MetaLossKind,
     SymmetryReg,
@@ -75,7 +75,6 @@ from l2o_lightning.unroll import (
     validate_symmetry_reg,
 )
 
-STEP_TAG = "meta/trajectory"  # logged at every truncation: the resume bookkeeping reads it back
 _CKPT_HINT = "pass a checkpoint written by `l2o fit -c configs/meta_train/<optimizee>.yaml`"
 
 
@@ -207,7 +206,6 @@ class MetaTrainModule(L.LightningModule):
         self._position = 0  # optimizee step inside the current truncation
         self.task_ids: list[int] = []
         self.step_listeners: list[MetaTrainingStepListener] = []  # shown every optimizee step: the probes
-        self.log_through: int | None = None  # steps up to this one are already in the event files
         self.resume_state: dict | None = None
         self.eval_final_params: Tensor | None = None
         self.final_test_loss = MeanMetric()
@@ -226,7 +224,6 @@ class MetaTrainModule(L.LightningModule):
             return
         self.progress = MetaProgress(**state["progress"])
         self.trajectory = self.restored_trajectory(state["trajectory"])
-        self.log_through = self.logged_through()
 
     def fresh_trajectory(self, tasks: Iterable[int], seed: int, round_: int) -> Trajectory:
         """New optimizee initialisations of ``tasks`` (``MLP.sample_flat`` from
@@ -326,14 +323,14 @@ class MetaTrainModule(L.LightningModule):
         """Log a truncation's metrics and the run's counters, averaged over processes.
 
         They go to the loggers directly (and are flushed), not through ``self.log``: so they are
-        on disk before any checkpoint of this truncation, and a resumed run can leave out the
-        truncations its interrupted run already wrote (``self.log`` feeds the progress bar and
-        callbacks)."""
+        on disk before any checkpoint of this truncation, and a resumed run's logger can leave
+        out the truncations its interrupted run already wrote (``self.log`` feeds the progress
+        bar and callbacks)."""
         tasks_total = self.hparams.tasks_per_step * self.trainer.world_size
         metrics = {
             **metrics,
             "meta/trajectory_step": float(trajectory_step),
-            STEP_TAG: float(self.progress.rounds * tasks_total),
+            "meta/trajectory": float(self.progress.rounds * tasks_total),
             "meta/diverged": float(self.progress.diverged),
         }
         values = torch.tensor([float(v) for v in metrics.values()], device=self.device)
@@ -341,15 +338,9 @@ class MetaTrainModule(L.LightningModule):
         averaged = dict(zip(metrics, values, strict=True))
         for name, value in averaged.items():
             self.log(name, value, prog_bar=name in ("meta/loss", "meta/optimizee_loss"), logger=False)
-        if self.logs_to_loggers():
-            for logger in self.loggers:
-                logger.log_metrics(averaged, step=self.progress.batches - 1)
-                logger.save()
-
-    def logs_to_loggers(self) -> bool:
-        """False while a resumed run recomputes steps the interrupted run had already logged
-        (always True outside meta-training)."""
-        return self.log_through is None or self.progress.batches - 1 > self.log_through
+        for logger in self.loggers:
+            logger.log_metrics(averaged, step=self.progress.batches - 1)
+            logger.save()
 
     def truncation_minibatches(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """The training batch as ``[unroll, tasks, B, ...]`` minibatches: task ``k``'s at step
@@ -410,17 +401,6 @@ class MetaTrainModule(L.LightningModule):
             return None
         return Trajectory(*unpack_trajectory(saved, self.global_rank, self.device))
 
-    def logged_through(self) -> int:
-        """The last step of this run's TensorBoard event files (-1 when there is none): a
-        resumed run recomputes the truncations its interrupted run logged after the checkpoint
-        without logging them again."""
-        through = -1
-        if self.global_rank == 0:  # loggers write from process 0
-            for logger in self.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    through = max(through, last_logged_steps(logger.log_dir).get(STEP_TAG, -1))
-        return self.trainer.strategy.broadcast(through, src=0)
-
     # ------------------------------------------------------------------ evaluation
     def on_validation_epoch_start(self) -> None:
         self.evaluate_trajectories("val", self.val_n_iters)
@@ -443,7 +423,7 @@ class MetaTrainModule(L.LightningModule):
         )
         curve = losses.mean(1).tolist()
         tag = f"val/loss_curve/meta_step_{self.global_step}" if stage == "val" else "test/loss_curve"
-        for logger in self.loggers if self.logs_to_loggers() else []:
+        for logger in self.loggers:
             for step, value in enumerate(curve):
                 logger.log_metrics({tag: value}, step=step)
         self.log(f"{stage}/final_loss", curve[-1], sync_dist=True)

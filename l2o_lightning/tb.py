@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import lru_cache
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -51,18 +50,9 @@ def raw_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def last_logged_steps(run_dir: str | Path) -> dict[str, int]:
-    """The last step at which each tag (scalar, histogram, ...) of a run directory was logged.
-
-    Read once per state of the event files (path, size, modification time): a resumed run's
-    module and each of its probes ask for it."""
-    files = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _event_files(run_dir))
-    return dict(_last_logged_steps(files))
-
-
-@lru_cache(maxsize=4)
-def _last_logged_steps(files: tuple[tuple[str, int, int], ...]) -> tuple[tuple[str, int], ...]:
+    """The last step at which each tag (scalar, histogram, ...) of a run directory was logged
+    (``{}`` for a folder without event files)."""
     last: dict[str, int] = {}
-    for path, _, _ in files:
-        for step, value in _file_values(path):
-            last[value.tag] = max(step, last.get(value.tag, step))
-    return tuple(last.items())
+    for step, value in summary_values(run_dir):
+        last[value.tag] = max(step, last.get(value.tag, step))
+    return last

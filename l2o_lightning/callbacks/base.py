@@ -25,7 +25,6 @@ from l2o_lightning.errors import ConfigError
 from l2o_lightning.optim import optimizer_params
 from l2o_lightning.optimizee_steps import OptimizeeStep, RowUpdates
 from l2o_lightning.optimizees import MLP
-from l2o_lightning.tb import last_logged_steps
 
 
 def optimizee_of(pl_module: L.LightningModule) -> MLP:
@@ -74,7 +73,6 @@ class Probe(L.Callback):
             )
         self.every_n_steps = every_n_steps
         self._logger: TensorBoardLogger | None = None
-        self._logged_through: dict[str, int] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._logger = None
@@ -85,14 +83,8 @@ class Probe(L.Callback):
             loggers = ", ".join(type(lg).__name__ for lg in trainer.loggers) or "none"
             rank_zero_warn(
                 f"{type(self).__name__} logs to TensorBoard only (loggers: {loggers}); it is disabled. "
-                "Use `--trainer.logger lightning.pytorch.loggers.TensorBoardLogger`."
+                "Use `--trainer.logger l2o_lightning.loggers.ResumingTensorBoardLogger`."
             )
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # a resumed run recomputes the steps after its checkpoint: the interrupted run may have
-        # logged some of them already (a kill lands mid-truncation), and those are not logged again
-        resumed = self._logger is not None and trainer.ckpt_path is not None
-        self._logged_through = last_logged_steps(self._logger.log_dir) if resumed else {}
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._logger = None
@@ -105,20 +97,12 @@ class Probe(L.Callback):
         """Whether optimizee step ``step`` is probed."""
         return self._logger is not None and step % self.every_n_steps == 0
 
-    def is_logged(self, tag: str, step: int) -> bool:
-        """Whether the interrupted run this one resumes already logged ``tag`` at ``step``."""
-        return step <= self._logged_through.get(tag, -1)
-
     def log_scalars(self, scalars: Mapping[str, Tensor | float], step: int) -> None:
-        fresh = {tag: float(value) for tag, value in scalars.items() if not self.is_logged(tag, step)}
-        if fresh:
-            self._logger.log_metrics(fresh, step=step)
+        self._logger.log_metrics({tag: float(value) for tag, value in scalars.items()}, step=step)
 
     def log_histogram(self, tag: str, values: Tensor, step: int, bins: int | Tensor) -> None:
         """A histogram of CPU ``values`` with ``bins`` equal-width bins or the given float64
         edges, binned by torch (the TensorBoard writer's numpy binning costs several times more)."""
-        if self.is_logged(tag, step):
-            return
         counts, edges = torch.histogram(values.double(), bins)
         self._logger.experiment.add_histogram_raw(
             tag, min=values.min().item(), max=values.max().item(), num=values.numel(),
