@@ -18,6 +18,7 @@ from jsonargparse import ArgumentError, Namespace
 from jsonargparse.typing import import_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from l2o_lightning import REPO_ROOT
 from l2o_lightning.checkpoints import read_checkpoint
@@ -31,9 +32,6 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CKPT_KEYWORDS = ("last", "best", "hpc")  # resolved by Lightning itself
 # data settings a resumed run may change: where the files lie and how the test split is batched
 DATA_FREE_ON_RESUME = ("data_dir", "download", "eval_batch_size")
-# Lightning's default logger (lightning_logs/version_<n>), resume-aware: a resumed run adds no duplicate point
-DEFAULT_LOGGER = {"class_path": "l2o_lightning.loggers.ResumingTensorBoardLogger",
-                  "init_args": {"save_dir": "."}}
 # jsonargparse resolves a short class name (`--model OptimizeeModule`, `--model.help
 # MetaTrainModule`, `--optimizer.help L2O`) among the subclasses loaded: these are loaded here
 PROJECT_CLASSES = {"model": (OptimizeeModule, MetaTrainModule), "optimizer": (L2O, LionSGD)}
@@ -93,6 +91,12 @@ class L2OCLI(LightningCLI):
             raise ConfigError(_innermost_reason(str(err))) from None
 
     def after_instantiate_classes(self) -> None:
+        # no TensorBoard logger (the configs', one given on the command line, Lightning's default)
+        # writes the placeholder `hp_metric = -1`, which measures nothing; Lightning has no public
+        # switch once the logger is built
+        for logger in self.trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger._default_hp_metric = False
         # the run's hparams.yaml (what loggers record) holds the settings the run used: not
         # LightningCLI's loader entry (checkpoints keep it), and the data root as resolved
         for part in (self.model, self.datamodule):
@@ -475,7 +479,6 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_model=True,
             save_config_callback=SaveConfigAfterRestore,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"logger": DEFAULT_LOGGER},
             parser_kwargs={**no_exit, **{name: no_exit for name in SUBCOMMANDS}},
             args=args,
         )
