@@ -32,6 +32,9 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CKPT_KEYWORDS = ("last", "best", "hpc")  # resolved by Lightning itself
 # data settings a resumed run may change: where the files lie and how the test split is batched
 DATA_FREE_ON_RESUME = ("data_dir", "download", "eval_batch_size")
+# Lightning's default logger (lightning_logs/version_<n>), resume-aware: a resumed run adds no duplicate point
+DEFAULT_LOGGER = {"class_path": "l2o_lightning.loggers.ResumingTensorBoardLogger",
+                  "init_args": {"save_dir": "."}}
 # jsonargparse resolves a short class name (`--model OptimizeeModule`, `--model.help
 # MetaTrainModule`, `--optimizer.help L2O`) among the subclasses loaded: these are loaded here
 PROJECT_CLASSES = {"model": (OptimizeeModule, MetaTrainModule), "optimizer": (L2O, LionSGD)}
@@ -479,6 +482,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_model=True,
             save_config_callback=SaveConfigAfterRestore,
             save_config_kwargs={"overwrite": True},
+            trainer_defaults={"logger": DEFAULT_LOGGER},
             parser_kwargs={**no_exit, **{name: no_exit for name in SUBCOMMANDS}},
             args=args,
         )
