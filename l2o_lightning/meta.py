@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.func import vmap
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from tqdm.auto import tqdm
 
 from l2o_lightning.checkpoints import (
     CHECKPOINT_KEY,
@@ -75,6 +76,8 @@ from l2o_lightning.unroll import (
     validate_symmetry_reg,
 )
 
+# 1-based optimizee steps of a validation trajectory whose loss is logged as val/loss_curve/step_<k>
+VAL_CURVE_STEPS = (1, 10, 20, 50, 100, 200, 500, 1000)
 _CKPT_HINT = "pass a checkpoint written by `l2o fit -c configs/meta_train/<optimizee>.yaml`"
 
 
@@ -118,10 +121,13 @@ class MetaTrainModule(L.LightningModule):
     trains ``eval_tasks`` fresh optimizees for ``val_n_iters`` (``test_n_iters``) steps and logs
     ``val/final_loss``, ``val/mean_loss`` (the optimizee training loss at the last step and
     averaged over the trajectory, mean over tasks), ``val/final_test_loss``,
-    ``val/final_test_acc`` (final optimizees on the MNIST test split), and the loss curve
-    ``val/loss_curve/meta_step_<N>`` (``test/loss_curve``) with the optimizee step as x-axis;
-    ``test/...`` likewise. Checkpoints carry an ``"l2o"`` entry that
-    :class:`~l2o_lightning.optim.L2O` loads, and the state resuming needs (module docstring).
+    ``val/final_test_acc`` (final optimizees on the MNIST test split), and
+    ``val/loss_curve/step_<k>``: the loss at optimizee step ``k`` of :data:`VAL_CURVE_STEPS`
+    (1-based, up to ``val_n_iters``) with the meta-step as x-axis; ``test/...`` likewise,
+    except that the test logs the whole curve ``test/loss_curve`` (x: the 0-based optimizee
+    step). With the progress bar on, a bar counts the trajectories' optimizee steps.
+    Checkpoints carry an ``"l2o"`` entry that :class:`~l2o_lightning.optim.L2O` loads, and the
+    state resuming needs (module docstring).
 
     A truncation whose optimizee loss or update (or meta-gradient) is not finite on any
     process takes no meta-step: its trajectories are dropped (the next truncation starts a
@@ -418,14 +424,20 @@ class MetaTrainModule(L.LightningModule):
             (xb.view(tasks, batch_size, -1).to(self.device), yb.view(tasks, batch_size).to(self.device))
             for xb, yb in EndlessMinibatches(x, y, batch_size, seed, batches_per_item=tasks)
         )
-        losses, self.eval_final_params = run_trajectories(
-            self.net, self.optimizee, start, iter(minibatches), n_iters
-        )
+        shown = self.trainer.progress_bar_callback is not None and self.trainer.is_global_zero
+        description = f"{stage} trajectories ({tasks} optimizees)"
+        with tqdm(minibatches, description, n_iters, leave=False, unit="step", disable=not shown) as steps:
+            losses, self.eval_final_params = run_trajectories(
+                self.net, self.optimizee, start, iter(steps), n_iters
+            )
         curve = losses.mean(1).tolist()
-        tag = f"val/loss_curve/meta_step_{self.global_step}" if stage == "val" else "test/loss_curve"
-        for logger in self.loggers:
-            for step, value in enumerate(curve):
-                logger.log_metrics({tag: value}, step=step)
+        if stage == "test":
+            for logger in self.loggers:
+                for step, value in enumerate(curve):
+                    logger.log_metrics({"test/loss_curve": value}, step=step)
+        else:
+            points = {f"val/loss_curve/step_{k}": curve[k - 1] for k in VAL_CURVE_STEPS if k <= n_iters}
+            self.log_dict(points, sync_dist=True)
         self.log(f"{stage}/final_loss", curve[-1], sync_dist=True)
         self.log(f"{stage}/mean_loss", sum(curve) / len(curve), prog_bar=True, sync_dist=True)
 
