@@ -53,6 +53,13 @@ def run_cli(mnist_dir, tmp_path, monkeypatch):
     return run
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Mark every test that needs MNIST (through the ``mnist_dir`` fixture) ``mnist``."""
+    for item in items:
+        if "mnist_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mnist)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """End the run with how many tests needing MNIST were skipped, and why: a green run that
     skipped them tested much less."""

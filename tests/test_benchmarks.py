@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # real training runs
+
 SCRIPTS = sorted((REPO / "benchmarks").glob("bench_*.py"))
 # a line each script prints only after its last measurement
 LAST_LINE = {
@@ -18,7 +20,6 @@ LAST_LINE = {
 }
 
 
-@pytest.mark.mnist
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
 def test_benchmark_smoke_mode_runs(script, mnist_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "L2O_DATA_DIR": str(mnist_dir)}

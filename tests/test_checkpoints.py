@@ -72,7 +72,6 @@ CASES = {
 }
 
 
-@pytest.mark.mnist
 @pytest.mark.parametrize("kind", CASES)
 def test_bad_l2o_checkpoint_gives_one_paragraph_naming_the_setting(kind, checkpoints, tmp_path):
     with pytest.raises(ConfigError) as error:
@@ -83,7 +82,6 @@ def test_bad_l2o_checkpoint_gives_one_paragraph_naming_the_setting(kind, checkpo
     assert re.search(CASES[kind][0], message), message
 
 
-@pytest.mark.mnist
 @pytest.mark.parametrize("kind", CASES)
 def test_bad_ckpt_path_exits_2_without_traceback(kind, checkpoints, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -101,7 +99,6 @@ def test_bad_ckpt_path_exits_2_without_traceback(kind, checkpoints, tmp_path, ca
     assert "ckpt_path" in line
 
 
-@pytest.mark.mnist
 def test_a_good_checkpoint_loads_with_weights_only(checkpoints):
     content = torch.load(checkpoints["meta"], weights_only=True)
     assert {"l2o", "meta_training", "MNISTDataModule"} <= set(content)

@@ -10,6 +10,8 @@ from conftest import REPO
 
 from l2o_lightning.tb import read_scalars
 
+pytestmark = pytest.mark.slow  # real training runs
+
 OPTIMIZER_CONFIGS = ["sgd", "adam", "lion", "lion_sgd"]
 
 

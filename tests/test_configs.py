@@ -85,7 +85,7 @@ def tiny_checkpoint(mnist_dir, tmp_path_factory) -> Path:
 SHIPPED = sorted(CONFIGS.glob("*/*.yaml"))
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 @pytest.mark.parametrize("config", SHIPPED, ids=[str(p.relative_to(CONFIGS)) for p in SHIPPED])
 def test_every_shipped_config_runs_a_few_steps(config, tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -155,7 +155,7 @@ def _replaced(tree: object, path: tuple, value: object, rename: bool = False) ->
     return copy
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_every_mutated_key_and_value_ends_in_one_clean_error(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     """Each distinct setting of the shipped configs (keys shared by several configs once) is
     misspelt and given bad values, in the short-run version of its config."""

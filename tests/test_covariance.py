@@ -1,7 +1,5 @@
 """Update covariance through the M x M Gram matrix, and batched unit gradients."""
 
-import doctest
-import importlib
 
 import torch
 
@@ -88,6 +86,3 @@ def test_a_ragged_last_unit_is_its_own_group_and_its_own_gradient(monkeypatch):
     assert calls == [(2, 16, 784), (1, 5, 784)] * 2  # one batched call per group
 
 
-def test_docstring_examples():
-    assert doctest.testmod(importlib.import_module("l2o_lightning.dynamics.covariance")).failed == 0
-    assert doctest.testmod(importlib.import_module("l2o_lightning.dynamics.per_sample")).failed == 0

@@ -17,6 +17,8 @@ import pytest
 
 from l2o_lightning.tb import read_scalars
 
+pytestmark = pytest.mark.slow  # real training runs
+
 DOCUMENTED = ("train/loss", "train/acc", "test/loss", "test/acc", "symmetry/rescale/update/abs_sum",
               "symmetry/translation/grad/normalized", "tail_index/grad", "tail_index/update",
               "covariance/top_eig", "covariance/trace", "update/abs_mean", "update/norm")
@@ -34,7 +36,6 @@ def fetch(port: int, path: str, **query: str) -> object:
         return json.loads(response.read())
 
 
-@pytest.mark.mnist
 def test_tensorboard_serves_the_documented_tags_with_the_logged_values(run_cli, tmp_path):
     run_cli("fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", "configs/optimizers/adam.yaml",
             "-c", "configs/probes/all.yaml", "--trainer.max_steps", "20",

@@ -12,6 +12,8 @@ from subprocess_helpers import callbacks_config, run_l2o
 
 from l2o_lightning.tb import raw_scalars
 
+pytestmark = pytest.mark.slow  # real training runs
+
 # 4 meta-steps (2 rounds of trajectories of 2 truncations of 2 steps), 2 tasks in all, no validation
 TINY = [
     "fit", "-c", "configs/meta_train/leaky_relu.yaml",
@@ -24,7 +26,6 @@ PROBES = [{"class_path": "l2o_lightning.callbacks.SymmetryProbe", "init_args": {
            "init_args": {"every_n_steps": 4, "num_units": 2}}]
 
 
-@pytest.mark.mnist
 def test_two_ddp_processes_equal_one_process_with_both_tasks(mnist_dir, tmp_path):
     def run(name: str, *args: str) -> Path:
         saver = {"class_path": "subprocess_helpers.SaveRankWeights",

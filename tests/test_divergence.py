@@ -15,6 +15,8 @@ from l2o_lightning.checkpoints import checkpoint_entry
 from l2o_lightning.learned import LSTMOptimizerNet
 from l2o_lightning.tb import raw_scalars
 
+pytestmark = pytest.mark.slow  # real training runs
+
 # trajectories of 2 truncations of 2 steps, no validation
 TINY = ("fit", "-c", "configs/meta_train/leaky_relu.yaml", "--model.init_args.n_iters", "4",
         "--model.init_args.unroll", "2", "--data.batches_per_step", "2", "--trainer.limit_val_batches", "0")
@@ -51,7 +53,6 @@ def _exit_code(run_cli, *args: str) -> int:
     return exit_info.value.code
 
 
-@pytest.mark.mnist
 def test_a_diverged_truncation_is_skipped_and_its_trajectory_restarts(run_cli, tmp_path):
     config = tmp_path / "explode.yaml"
     config.write_text(yaml.safe_dump({"trainer": {"callbacks+": [
@@ -70,7 +71,6 @@ def test_a_diverged_truncation_is_skipped_and_its_trajectory_restarts(run_cli, t
     assert values["meta/trajectory"] == [1, 1, 2, 2, 3]
 
 
-@pytest.mark.mnist
 def test_diverging_streak_stops_meta_training_with_exit_3(run_cli, capsys):
     code = _exit_code(run_cli, *TINY, "--model.init_args.out_mult", "1e30",
                       "--model.init_args.max_diverged_in_a_row", "3")
@@ -95,13 +95,11 @@ def _exploding_l2o_stderr(run_cli, capsys, tmp_path, out_mult: str, steps: str) 
     return err
 
 
-@pytest.mark.mnist
 def test_exploding_l2o_stops_meta_testing_naming_step_and_optimizer(run_cli, capsys, tmp_path):
     err = _exploding_l2o_stderr(run_cli, capsys, tmp_path, "1e30", "5")
     assert re.search(r"diverged: train loss is nan at step 1 with optimizer L2O", err), err
 
 
-@pytest.mark.mnist
 def test_a_finite_blow_up_stops_meta_testing_like_a_non_finite_loss(run_cli, capsys, tmp_path):
     err = _exploding_l2o_stderr(run_cli, capsys, tmp_path, "1e8", "50")
     match = re.search(r"diverged: train loss is (\S+) at step (\d+) with optimizer L2O \(over 1e\+06 x its "

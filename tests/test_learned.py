@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 import shutil
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from l2o_lightning import learned
 from l2o_lightning.checkpoints import checkpoint_entry
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import (
@@ -37,10 +35,6 @@ def reference_forward(net: LSTMOptimizerNet, grad: torch.Tensor, state: LSTMStat
         h_out.append(x)
         c_out.append(c)
     return net.out_mult * net.head(x).squeeze(-1), LSTMState(torch.stack(h_out), torch.stack(c_out))
-
-
-def test_docstring_examples():
-    assert doctest.testmod(learned).failed == 0
 
 
 def test_preprocessing_follows_the_paper():

@@ -50,7 +50,7 @@ def test_non_positive_grid_is_a_config_error(capsys):
     assert stop.value.code == 2 and "`--grid`" in capsys.readouterr().err
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_a_run_replays_the_seed0_loader_from_raw_pixels_and_its_own_init(mnist_dir):
     x, y = load_mnist(mnist_dir, True, normalize=False)
     # the original study: a fresh seed-0 shuffling DataLoader per run, SGD with momentum 0.9
@@ -77,7 +77,7 @@ def test_a_run_replays_the_seed0_loader_from_raw_pixels_and_its_own_init(mnist_d
     assert x.min() == 0 and x.max() == 1  # raw pixels
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_cli_writes_per_run_sums_their_mean_and_the_chosen_lr(mnist_dir, tmp_path, capsys):
     out = tmp_path / "paper" / "lr.csv"
     main(["--optimizers", "sgd,lion", "--optimizees", "leaky_relu", "--grid", "0.001,1e6", "--runs", "2",

@@ -177,7 +177,7 @@ def meta_losses(run_dir) -> list[float]:
     return [value for _, value in read_scalars(run_dir)["meta/loss"]]
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_meta_training_learns_checkpoints_and_feeds_l2o(run_cli, tmp_path):
     run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *TINY_META_TRAINING)
     run_dir = tmp_path / "logs" / "meta_train" / "leaky_relu" / "version_0"
@@ -214,7 +214,7 @@ def test_meta_training_learns_checkpoints_and_feeds_l2o(run_cli, tmp_path):
     assert correct == pytest.approx(round(correct), abs=0.01) and correct > 0.2 * 10_000
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_regularized_meta_training_logs_its_penalty(run_cli, tmp_path):
     fewer = ("--model.init_args.n_iters", "20", "--model.init_args.trajectories", "2",
              "--model.init_args.val_n_iters", "5", "--model.init_args.eval_tasks", "1")
@@ -230,7 +230,7 @@ def test_regularized_meta_training_logs_its_penalty(run_cli, tmp_path):
         assert loss == pytest.approx(20 * mean_step_loss + penalty, rel=1e-6)
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_same_seed_same_meta_training_metrics(run_cli, tmp_path):
     """Every logged metric (meta-losses of 2 tasks per step, validation curves and test-split
     scores) repeats exactly with the same seed; another seed changes them."""
@@ -249,7 +249,6 @@ def test_same_seed_same_meta_training_metrics(run_cli, tmp_path):
     assert first["meta/loss"] != other["meta/loss"]
 
 
-@pytest.mark.mnist
 def test_grad_clip_rescales_the_meta_gradient_to_its_norm(run_cli, monkeypatch):
     """Same seed, so the first meta-step's gradient is the same with and without clipping:
     clipped, it points the same way with norm ``grad_clip``."""
@@ -273,7 +272,6 @@ def test_grad_clip_rescales_the_meta_gradient_to_its_norm(run_cli, monkeypatch):
     torch.testing.assert_close(clipped, unclipped / 3, rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.mnist
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -292,7 +290,6 @@ def test_bad_meta_training_settings_are_named(run_cli, capsys, override, message
     assert re.search(message, capsys.readouterr().err)
 
 
-@pytest.mark.mnist
 def test_missing_l2o_checkpoint_in_the_cli_names_the_setting(run_cli, capsys):
     with pytest.raises(SystemExit):
         run_cli("fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", "configs/optimizers/l2o.yaml",

@@ -11,6 +11,8 @@ from conftest import REPO
 
 from l2o_lightning.tb import read_scalars
 
+pytestmark = pytest.mark.slow  # real training runs
+
 PAPER = REPO / "configs" / "paper"
 EXPERIMENTS = sorted(p for p in PAPER.glob("*/*.yaml") if p.parent.name not in ("base", "meta_train"))
 META_TRAININGS = sorted((PAPER / "meta_train").glob("*.yaml"))
@@ -47,7 +49,6 @@ def tiny_l2o(mnist_dir, tmp_path_factory) -> Path:
     return checkpoint
 
 
-@pytest.mark.mnist
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=[str(p.relative_to(PAPER)) for p in EXPERIMENTS])
 def test_every_paper_experiment_runs_with_the_papers_settings(config, run_cli, tiny_l2o, tmp_path):
     optimizee, optimizer = config.parent.name, config.stem
@@ -71,7 +72,6 @@ def test_every_paper_experiment_runs_with_the_papers_settings(config, run_cli, t
     assert saved["model"]["init_args"].get("track_running_stats", False) == (optimizee == "bn_relu")
 
 
-@pytest.mark.mnist
 @pytest.mark.parametrize("config", META_TRAININGS, ids=[p.stem for p in META_TRAININGS])
 def test_every_paper_meta_training_runs_the_papers_recipe(config, run_cli, tmp_path):
     run_cli("fit", "-c", str(config.relative_to(REPO)), *SHORT_TRAIN)

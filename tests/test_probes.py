@@ -1,7 +1,5 @@
 """Probes on real MNIST runs: every documented tag is written, and training is unchanged."""
 
-import doctest
-import importlib
 import math
 from functools import partial
 from pathlib import Path
@@ -27,7 +25,6 @@ from l2o_lightning.optimizee_module import OptimizeeModule
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import read_scalars
 
-pytestmark = pytest.mark.mnist
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 30
 PROBED_STEPS = [0, 10, 20]  # every_n_steps = 10 in configs/probes/all.yaml (but symmetry: 1)
@@ -56,6 +53,7 @@ def probed_run(mnist_dir, tmp_path_factory):
     return fit(tmp_path_factory.mktemp("probed"), "-c", str(REPO / "configs/probes/all.yaml"))
 
 
+@pytest.mark.slow
 def test_probes_do_not_change_the_trajectory(probed_run, tmp_path):
     plain = read_scalars(fit(tmp_path))["train/loss"]
     probed = read_scalars(probed_run)["train/loss"]
@@ -63,6 +61,7 @@ def test_probes_do_not_change_the_trajectory(probed_run, tmp_path):
     assert probed == plain
 
 
+@pytest.mark.slow
 def test_all_probes_write_every_documented_tag(probed_run):
     scalars = read_scalars(probed_run)
     for tag in SCALAR_TAGS:
@@ -83,6 +82,7 @@ def test_all_probes_write_every_documented_tag(probed_run):
     assert sum(histogram.bucket) == 784 * 20 and histogram.max == pytest.approx(max(limits).item())
 
 
+@pytest.mark.slow
 def test_probed_values_are_the_applied_step(probed_run):
     scalars = dict((tag, dict(series)) for tag, series in read_scalars(probed_run).items())
     # Adam's first step moves some coordinate by ~lr = 0.03; the gradient obeys every symmetry
@@ -127,6 +127,7 @@ def l2o_checkpoint(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*OPTIMIZERS, "l2o"])
 def test_probes_leave_params_and_rng_alone_with_every_optimizer(name, mnist_dir, tmp_path, request):
     if name == "l2o":
@@ -177,11 +178,7 @@ def test_probes_warn_and_stand_down_without_tensorboard(mnist_dir, tmp_path):
     assert warned == {"SymmetryProbe", "UpdateStatsProbe", "TailIndexProbe", "CovarianceProbe"}
 
 
-def test_docstring_examples():
-    assert doctest.testmod(importlib.import_module("l2o_lightning.callbacks.update_stats")).failed == 0
-
-
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_probes_follow_the_trajectory_during_meta_training(run_cli, tmp_path):
     def meta_train(*probes: str) -> dict:
         run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *probes,
@@ -214,7 +211,6 @@ class PublishedSteps(L.Callback):
         PublishedSteps.seen.append((step, step.rule(step.grad[None])[0]))
 
 
-@pytest.mark.mnist
 def test_the_noise_probes_update_rule_during_meta_training_is_the_steps_own(run_cli, monkeypatch):
     """Every optimizee step is published to a callback with ``on_meta_training_step``, and the
     rule it carries, applied to the step's own gradient, gives the update the LSTM applied: it
@@ -305,6 +301,7 @@ def noise_scalars(tmp_path, make_optimizer, reference):
     return {tag: [value for _, value in scalars[tag]] for tag in NOISE_TAGS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_the_two_references_agree_for_sgds_linear_rule_only(name, mnist_dir, tmp_path):
     mean_update, update_of_mean = (
@@ -336,6 +333,7 @@ class CovarianceSpy(NoiseSpy, CovarianceProbe):
     seen = []
 
 
+@pytest.mark.slow
 def test_num_units_all_is_every_minibatch_of_one_loader_pass(mnist_dir, tmp_path, monkeypatch):
     calls, unit_gradients = [], per_sample.unit_gradients
     monkeypatch.setattr(per_sample, "unit_gradients",

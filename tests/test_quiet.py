@@ -11,8 +11,9 @@ import warnings
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # real training runs
 
-@pytest.mark.mnist
+
 def test_a_run_prints_no_third_party_noise(mnist_dir, tmp_path):
     # -W default: Python would show every deprecation; what stays hidden is l2o's doing
     tiny = ["--model.init_args.n_iters", "2", "--model.init_args.unroll", "2", "--data.batches_per_step", "2",

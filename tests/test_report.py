@@ -11,6 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from l2o_lightning.report import main as report_main
 from l2o_lightning.runs import discover_runs
 
+pytestmark = pytest.mark.slow  # real training runs
+
 FIGURE_FILES = ["fig1_symmetry.png", "fig2_regularization.png", "fig3_tail_covariance.png",
                 "fig_histograms.png", "fig_lion_sgd.png"]
 

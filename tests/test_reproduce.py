@@ -171,7 +171,7 @@ def test_meta_tests_of_a_failed_meta_training_are_reported_not_run(tmp_path):
                                             or job.checkpoint_of}
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 @pytest.mark.parametrize("runner", [_run_l2o, _run_l2o_subprocess], ids=["in_process", "subprocess"])
 def test_study_commands_run_from_any_working_directory(runner, mnist_dir, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"

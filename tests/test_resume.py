@@ -10,6 +10,8 @@ from subprocess_helpers import callbacks_config, run_l2o
 
 from l2o_lightning.tb import raw_scalars, summary_values
 
+pytestmark = pytest.mark.slow  # real training runs
+
 # 8 meta-steps: trajectories of 2 truncations of 2 steps, validation after batches 2 and 5
 TINY = [
     "fit", "-c", "configs/meta_train/leaky_relu.yaml",
@@ -34,7 +36,6 @@ KILL_AFTER_CHECKPOINT = {"class_path": "subprocess_helpers.CheckpointThenKill",
 KILL_LATER = {"class_path": "subprocess_helpers.KillAtBatch", "init_args": {"batch": 7}}
 
 
-@pytest.mark.mnist
 def test_sigkilled_meta_training_resumes_exactly_without_gaps_or_duplicates(mnist_dir, tmp_path):
     def run(name: str, callbacks: list[dict], *extra: str):
         config = callbacks_config(tmp_path / f"{name}.yaml", [*callbacks, *PROBES])
@@ -74,7 +75,6 @@ def test_sigkilled_meta_training_resumes_exactly_without_gaps_or_duplicates(mnis
         assert torch.equal(weight, final[1]["l2o"]["state_dict"][name]), name
 
 
-@pytest.mark.mnist
 def test_a_run_killed_mid_truncation_resumes_without_logging_a_probe_value_twice(mnist_dir, tmp_path):
     symmetry = {"class_path": "l2o_lightning.callbacks.SymmetryProbe", "init_args": {"every_n_steps": 1}}
     # after symmetry: killed at step 5, it logged step 4, and symmetry step 5, before the kill

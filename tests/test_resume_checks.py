@@ -14,6 +14,8 @@ from conftest import REPO
 
 from l2o_lightning.cli import main
 
+pytestmark = pytest.mark.slow  # real training runs
+
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 TINY = ["--model.init_args.n_iters", "2", "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
         "--model.init_args.trajectories", "1", "--trainer.limit_val_batches", "0"]

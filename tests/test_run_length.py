@@ -11,6 +11,8 @@ from conftest import REPO
 from l2o_lightning.cli import main
 from l2o_lightning.tb import read_scalars
 
+pytestmark = pytest.mark.slow  # real training runs
+
 
 class RecordBarTotal(L.Callback):
     """Records the training progress bar's total at every training batch (``RecordBarTotal.totals``)."""
@@ -21,7 +23,6 @@ class RecordBarTotal(L.Callback):
         RecordBarTotal.totals.append(trainer.progress_bar_callback.train_progress_bar.total)
 
 
-@pytest.mark.mnist
 def test_meta_training_shows_its_total_and_validates_after_the_last_step(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setattr("sys.argv", ["l2o"])
@@ -42,7 +43,6 @@ def test_meta_training_shows_its_total_and_validates_after_the_last_step(mnist_d
     assert [step for step, _ in scalars["val/mean_loss"]] == [3, 5]
 
 
-@pytest.mark.mnist
 def test_a_shortened_meta_test_still_evaluates_the_test_split_at_its_end(run_cli, tmp_path):
     run_cli("fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", "configs/optimizers/sgd.yaml",
             "--trainer.max_steps", "30", "--trainer.val_check_interval", "20")

@@ -8,13 +8,14 @@ import yaml
 
 from l2o_lightning.tb import read_scalars
 
+pytestmark = pytest.mark.slow  # real training runs
+
 TINY = ["--model.init_args.n_iters", "2", "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
         "--model.init_args.trajectories", "1", "--trainer.limit_val_batches", "0"]
 TEST = ["--model.init_args.test_n_iters", "3", "--model.init_args.eval_tasks", "1",
         "--trainer.limit_test_batches", "1"]
 
 
-@pytest.mark.mnist
 def test_meta_tests_of_one_optimizee_log_apart_by_optimizer(run_cli, tmp_path):
     for optimizer in ("adam", "sgd"):
         run_cli("fit", "-c", "configs/meta_test/bn_relu.yaml", "-c", f"configs/optimizers/{optimizer}.yaml",
@@ -24,7 +25,6 @@ def test_meta_tests_of_one_optimizee_log_apart_by_optimizer(run_cli, tmp_path):
     assert logged == ["adam/version_0", "sgd/version_0"]
 
 
-@pytest.mark.mnist
 @pytest.mark.parametrize("ckpt_path", ["file", "last"])
 def test_testing_a_meta_training_checkpoint_logs_inside_its_run(run_cli, tmp_path, ckpt_path):
     run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *TINY)
@@ -39,7 +39,6 @@ def test_testing_a_meta_training_checkpoint_logs_inside_its_run(run_cli, tmp_pat
     assert yaml.safe_load((tested / "config.yaml").read_text())["model"]["init_args"]["test_n_iters"] == 3
 
 
-@pytest.mark.mnist
 def test_testing_last_without_a_run_names_where_it_looked(run_cli, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli("test", "-c", "configs/meta_train/leaky_relu.yaml", *TEST, "--ckpt_path", "last")

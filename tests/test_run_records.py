@@ -3,11 +3,9 @@ as resolved, not LightningCLI's loader entry)."""
 
 from __future__ import annotations
 
-import pytest
 import yaml
 
 
-@pytest.mark.mnist
 def test_hparams_yaml_holds_the_resolved_data_root_and_no_loader_entry(run_cli, tmp_path, mnist_dir):
     run_cli("fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", "configs/optimizers/sgd.yaml",
             "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0")

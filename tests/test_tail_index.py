@@ -1,7 +1,5 @@
 """Tail index estimator on symmetric alpha-stable samples with known alpha."""
 
-import doctest
-import importlib
 import math
 
 import pytest
@@ -42,5 +40,3 @@ def test_block_size_uses_every_sample_when_a_large_divisor_exists():
         block_size(3)
 
 
-def test_docstring_examples():
-    assert doctest.testmod(importlib.import_module("l2o_lightning.dynamics.tail_index")).failed == 0
