@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from l2o_lightning.checkpoints import checkpoint_entry
 from l2o_lightning.data import load_mnist, resolve_data_dir
 from l2o_lightning.learned import LSTMOptimizerNet, LSTMState
+from l2o_lightning.lstm_kernels import EAGER_KERNELS, PointwiseKernels, compiled_kernels, native_library
 from l2o_lightning.optim import L2O
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.unroll import Trajectory, learned_step, meta_objective, unroll_truncation
@@ -98,12 +99,12 @@ class TorchOptimizerRun:
 class MetaTrainRun:
     """Truncations of meta-training on one optimizee (as ``MetaTrainModule.training_step``)."""
 
-    def __init__(self, xs: torch.Tensor, ys: torch.Tensor, compile: bool = False) -> None:
+    def __init__(self, xs: torch.Tensor, ys: torch.Tensor, kernels: PointwiseKernels | None = None) -> None:
         torch.manual_seed(0)
         self.optimizee = MLP().requires_grad_(False)
         self.net = LSTMOptimizerNet()
-        if compile:
-            self.net.compile_kernels()
+        if kernels is not None:
+            self.net.kernels = kernels
         self.meta_optimizer = torch.optim.Adam(self.net.parameters(), lr=0.01)
         self.xs, self.ys = xs.unsqueeze(1), ys.unsqueeze(1)
         self.restart()
@@ -260,9 +261,12 @@ def main() -> None:
         "meta-training": (lambda: meta.truncation(unroll), 1, unroll),
         "original-shaped": (lambda: original.truncation(unroll), 1, unroll),
     }
+    if native_library() is not None:
+        eager = MetaTrainRun(xs, ys, EAGER_KERNELS)
+        runs["meta-training eager"] = (lambda: eager.truncation(unroll), 1, unroll)
     if args.compile:
-        compiled = MetaTrainRun(xs, ys, compile=True)
-        compile_check(MetaTrainRun(xs, ys), compiled)
+        compiled = MetaTrainRun(xs, ys, compiled_kernels())
+        compile_check(MetaTrainRun(xs, ys, EAGER_KERNELS), compiled)
         runs["meta-training compiled"] = (lambda: compiled.truncation(20), 1, 20)
     rows = round_robin(runs, args.repeats)
 

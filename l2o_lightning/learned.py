@@ -10,15 +10,12 @@ at once) go through one batched call.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 from torch import Tensor, nn
 
-# the LSTMCell gate order (input, forget, cell candidate, output) along the 4*hidden axis
-_GATES = 4
+from l2o_lightning.lstm_kernels import compiled_kernels, gate_parameters, lstm_cell, native_kernels
 
 
 def preprocess_gradients(grad: Tensor, p: float = 10.0) -> Tensor:
@@ -44,104 +41,6 @@ def preprocess_gradients(grad: Tensor, p: float = 10.0) -> Tensor:
     log_part = torch.where(large, magnitude.clamp_min(threshold).log() / p, -1.0)
     sign_part = torch.where(large, grad.sign(), grad * math.exp(p))
     return torch.stack((log_part, sign_part), dim=-1)
-
-
-def lstm_pointwise_forward(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The elementwise part of an LSTM step.
-
-    With pre-activations ``z = [z_i, z_f, 2 z_g, z_o]`` (``[..., 4H]``, the candidate's scaled
-    by 2 so that one sigmoid serves all gates), ``c`` broadcastable to ``[..., H]``, and
-    ``s = sigmoid(z)``:
-    ``i, f, o = s_i, s_f, s_o``, ``g = tanh(z_g) = 2 s_g - 1``, ``c' = f c + i g``,
-    ``h' = o tanh(c')`` with ``tanh(c') = 2 sigmoid(2 c') - 1`` (faster than ``torch.tanh``
-    on CPU, equal within rounding).
-
-    Returns:
-        ``(h', c', s, tanh(c'))``; the last two are what the backward needs.
-    """
-    s = torch.sigmoid(z)
-    i, f, s_g, o = s.chunk(_GATES, dim=-1)
-    c_next = torch.addcmul(f * c, i, s_g, value=2).sub_(i)  # f c + i (2 s_g - 1)
-    tanh_c = torch.sigmoid(2 * c_next).mul_(2).sub_(1)
-    return o * tanh_c, c_next, s, tanh_c
-
-
-def lstm_pointwise_backward(
-    grad_h: Tensor, grad_c_next: Tensor, s: Tensor, c: Tensor, tanh_c: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Gradients of :func:`lstm_pointwise_forward` with respect to ``z`` and ``c``:
-    ``dc' = grad_c' + grad_h' o (1 - tanh(c')^2)``;
-    ``ds = [dc' g, dc' c, 2 dc' i, grad_h' tanh(c')]``; ``dz = ds s (1 - s)``; ``dc = dc' f``."""
-    i, f, s_g, o = s.chunk(_GATES, dim=-1)
-    grad_c = grad_c_next + torch.ops.aten.tanh_backward(grad_h * o, tanh_c)
-    grad_s = torch.cat((grad_c * (2 * s_g - 1), grad_c * c, 2 * grad_c * i, grad_h * tanh_c), dim=-1)
-    return torch.ops.aten.sigmoid_backward(grad_s, s), grad_c * f
-
-
-@dataclass(frozen=True)
-class PointwiseKernels:
-    """How :class:`LSTMPointwise` runs its forward and backward: eagerly, or compiled."""
-
-    forward: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]] = lstm_pointwise_forward
-    backward: Callable[..., tuple[Tensor, Tensor]] = lstm_pointwise_backward
-
-
-EAGER_KERNELS = PointwiseKernels()
-
-
-@cache
-def compiled_kernels() -> PointwiseKernels:
-    """The pointwise kernels through ``torch.compile``: one fused loop each instead of a
-    dozen passes over memory (the same formulas, equal within float rounding)."""
-    return PointwiseKernels(torch.compile(lstm_pointwise_forward), torch.compile(lstm_pointwise_backward))
-
-
-class LSTMPointwise(torch.autograd.Function):
-    """:func:`lstm_pointwise_forward` with :func:`lstm_pointwise_backward` as its gradient,
-    which saves ``s, c, tanh(c')`` and nothing else per step."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, c: Tensor, kernels: PointwiseKernels) -> tuple[Tensor, Tensor]:
-        h_next, c_next, s, tanh_c = kernels.forward(z, c)
-        ctx.save_for_backward(s, c, tanh_c)
-        ctx.kernels = kernels
-        return h_next, c_next
-
-    @staticmethod
-    def backward(ctx, grad_h: Tensor, grad_c_next: Tensor) -> tuple[Tensor, Tensor, None]:
-        return *ctx.kernels.backward(grad_h, grad_c_next, *ctx.saved_tensors), None
-
-
-def gate_parameters(cell: nn.LSTMCell) -> tuple[Tensor, Tensor, Tensor]:
-    """``(W_ih^T, W_hh^T, b_ih + b_hh)`` of the cell with the candidate gate's columns scaled
-    by 2, so that ``z = x W_ih^T + h W_hh^T + b`` is what :func:`lstm_pointwise_forward` takes."""
-    hidden = cell.hidden_size
-    scale = torch.ones(_GATES * hidden, dtype=cell.weight_ih.dtype, device=cell.weight_ih.device)
-    scale[2 * hidden : 3 * hidden] = 2.0
-    bias = (cell.bias_ih + cell.bias_hh) * scale
-    return (cell.weight_ih * scale[:, None]).t(), (cell.weight_hh * scale[:, None]).t(), bias
-
-
-def lstm_cell(
-    x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell, kernels: PointwiseKernels = EAGER_KERNELS
-) -> tuple[Tensor, Tensor]:
-    """One ``nn.LSTMCell`` step over a batch of rows, computed with fewer memory passes.
-
-    ``[i, f, g, o] = x W_ih^T + h W_hh^T + b_ih + b_hh``;
-    ``c' = sigma(f) c + sigma(i) tanh(g)``; ``h' = sigma(o) tanh(c')``.
-
-    Args:
-        x: inputs ``[N, in]``.
-        h, c: hidden and cell state ``[N, hidden]``.
-        cell: the cell whose weights to use.
-        kernels: eager or compiled pointwise kernels.
-
-    Returns:
-        ``(h', c')``, each ``[N, hidden]``.
-    """
-    w_ih, w_hh, bias = gate_parameters(cell)
-    z = torch.addmm(bias, h, w_hh).addmm_(x, w_ih)
-    return LSTMPointwise.apply(z, c, kernels)
 
 
 @dataclass
@@ -188,7 +87,7 @@ class LSTMOptimizerNet(nn.Module):
         sizes = [2] + [hidden_size] * num_layers
         self.cells = nn.ModuleList(nn.LSTMCell(a, hidden_size) for a in sizes[:-1])
         self.head = nn.Linear(hidden_size, 1)
-        self.kernels = EAGER_KERNELS
+        self.kernels = native_kernels()
 
     def compile_kernels(self) -> LSTMOptimizerNet:
         """Run the LSTM's elementwise work through ``torch.compile`` (:func:`compiled_kernels`)."""

@@ -19,6 +19,10 @@ from l2o_lightning.tb import read_scalars
 
 PINS = Path(__file__).with_name("pinned_curves.json")
 RTOL = 1e-5
+# A learned optimizer's trajectory amplifies float rounding: on the pretrained L2O's 30-step
+# meta-test, float32 runs (eager or C kernels) differ from a float64 run by ~1e-6 relative up
+# to step 10 and by up to 2e-3 by step 30. Its pin is tight up to step 10, loose after.
+CHAOTIC_FROM, CHAOTIC_RTOL = 10, 1e-2
 META_TRAINING = (  # 2 trajectories of 40 steps in truncations of 20: 4 meta-steps, then one validation
     "--model.init_args.n_iters", "40", "--model.init_args.unroll", "20",
     "--model.init_args.trajectories", "2", "--model.init_args.eval_tasks", "1",
@@ -50,9 +54,10 @@ def dump(pins: dict[str, dict[str, list[list[float]]]]) -> str:
     return "{\n" + ",\n".join(runs) + "\n}\n"
 
 
-def check_or_update(name: str, measured: dict[str, list[list[float]]]) -> None:
-    """Compare ``measured`` with the stored curves ``name`` (steps exactly, values to ``RTOL``),
-    or store it under ``L2O_UPDATE_PINS=1``."""
+def check_or_update(name: str, measured: dict[str, list[list[float]]], chaotic: bool = False) -> None:
+    """Compare ``measured`` with the stored curves ``name`` (steps exactly, values to ``RTOL``;
+    ``chaotic``: values from step ``CHAOTIC_FROM`` on to ``CHAOTIC_RTOL``), or store it under
+    ``L2O_UPDATE_PINS=1``."""
     stored = json.loads(PINS.read_text()) if PINS.exists() else {}
     if os.environ.get("L2O_UPDATE_PINS") == "1":
         PINS.write_text(dump({**stored, name: measured}))
@@ -61,7 +66,10 @@ def check_or_update(name: str, measured: dict[str, list[list[float]]]) -> None:
     for tag, points in stored[name].items():
         steps, values = zip(*points, strict=True)
         assert [step for step, _ in measured[tag]] == list(steps), tag
-        assert [value for _, value in measured[tag]] == pytest.approx(values, rel=RTOL, abs=0), tag
+        tight = CHAOTIC_FROM if chaotic else len(values)
+        measured_values = [value for _, value in measured[tag]]
+        assert measured_values[:tight] == pytest.approx(values[:tight], rel=RTOL, abs=0), tag
+        assert measured_values[tight:] == pytest.approx(values[tight:], rel=CHAOTIC_RTOL, abs=0), tag
 
 
 @pytest.mark.mnist
@@ -81,4 +89,4 @@ def test_meta_test_curves_are_pinned(run_cli, tmp_path, optimizer):
     run_dir = tmp_path / "logs" / "meta_test" / "leaky_relu" / optimizer / "version_0"
     measured = curves(run_dir, ["train/loss"])
     assert len(measured["train/loss"]) == 30
-    check_or_update(f"meta_test/leaky_relu/{optimizer}", measured)
+    check_or_update(f"meta_test/leaky_relu/{optimizer}", measured, chaotic=optimizer == "l2o")

@@ -1,0 +1,219 @@
+"""The LSTM cell of the coordinatewise optimizer, computed with few memory passes.
+
+:func:`lstm_cell` is one ``nn.LSTMCell`` step over a batch of rows: two matrix products for the
+gate pre-activations, then the elementwise part in one :class:`LSTMPointwise` autograd
+function whose backward saves three tensors per step. The elementwise part runs through one of
+three :class:`PointwiseKernels`:
+
+- :data:`EAGER_KERNELS`: torch operations, any device and dtype (the reference);
+- :func:`native_kernels`: ``lstm_pointwise.c``, one pass over memory each way, compiled with the
+  system C compiler at first use and called through ``ctypes`` (float32 CPU tensors; anything
+  else, or a machine without a compiler, takes the eager kernels);
+- :func:`compiled_kernels`: the eager formulas through ``torch.compile``.
+
+All three compute the same formulas; they agree within float rounding (tested).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+# the LSTMCell gate order (input, forget, cell candidate, output) along the 4*hidden axis
+_GATES = 4
+NATIVE_SOURCE = Path(__file__).with_name("lstm_pointwise.c")
+NATIVE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC")
+NATIVE_SWITCH = "L2O_NATIVE_KERNELS"  # "0" turns the C kernels off
+_log = logging.getLogger(__name__)
+
+
+def lstm_pointwise_forward(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The elementwise part of an LSTM step.
+
+    With pre-activations ``z = [z_i, z_f, 2 z_g, z_o]`` (``[..., 4H]``, the candidate's scaled
+    by 2 so that one sigmoid serves all gates), ``c`` broadcastable to ``[..., H]``, and
+    ``s = sigmoid(z)``:
+    ``i, f, o = s_i, s_f, s_o``, ``g = tanh(z_g) = 2 s_g - 1``, ``c' = f c + i g``,
+    ``h' = o tanh(c')`` with ``tanh(c') = 2 sigmoid(2 c') - 1`` (faster than ``torch.tanh``
+    on CPU, equal within rounding).
+
+    Returns:
+        ``(h', c', s, tanh(c'))``; the last two are what the backward needs.
+    """
+    s = torch.sigmoid(z)
+    i, f, s_g, o = s.chunk(_GATES, dim=-1)
+    c_next = torch.addcmul(f * c, i, s_g, value=2).sub_(i)  # f c + i (2 s_g - 1)
+    tanh_c = torch.sigmoid(2 * c_next).mul_(2).sub_(1)
+    return o * tanh_c, c_next, s, tanh_c
+
+
+def lstm_pointwise_backward(
+    grad_h: Tensor, grad_c_next: Tensor, s: Tensor, c: Tensor, tanh_c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`lstm_pointwise_forward` with respect to ``z`` and ``c``:
+    ``dc' = grad_c' + grad_h' o (1 - tanh(c')^2)``;
+    ``ds = [dc' g, dc' c, 2 dc' i, grad_h' tanh(c')]``; ``dz = ds s (1 - s)``; ``dc = dc' f``."""
+    i, f, s_g, o = s.chunk(_GATES, dim=-1)
+    grad_c = grad_c_next + torch.ops.aten.tanh_backward(grad_h * o, tanh_c)
+    grad_s = torch.cat((grad_c * (2 * s_g - 1), grad_c * c, 2 * grad_c * i, grad_h * tanh_c), dim=-1)
+    return torch.ops.aten.sigmoid_backward(grad_s, s), grad_c * f
+
+
+@dataclass(frozen=True)
+class PointwiseKernels:
+    """How :class:`LSTMPointwise` runs its forward and backward: eagerly, natively (C) or
+    compiled. ``forward(z, c) -> (h', c', s, tanh(c'))`` may overwrite ``z`` (with ``s``)."""
+
+    forward: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]] = lstm_pointwise_forward
+    backward: Callable[..., tuple[Tensor, Tensor]] = lstm_pointwise_backward
+
+
+EAGER_KERNELS = PointwiseKernels()
+
+
+@cache
+def compiled_kernels() -> PointwiseKernels:
+    """The pointwise kernels through ``torch.compile``: one fused loop each instead of a
+    dozen passes over memory (the same formulas, equal within float rounding)."""
+    return PointwiseKernels(torch.compile(lstm_pointwise_forward), torch.compile(lstm_pointwise_backward))
+
+
+def build_native_library(directory: Path) -> ctypes.CDLL:
+    """Compile :data:`NATIVE_SOURCE` with the system C compiler (``$CC``, else ``cc``) into
+    ``directory`` and load it; ``OSError`` or ``subprocess.CalledProcessError`` when that fails.
+    The flags tune for this CPU (``-march=native``), so the library is built per process, not
+    cached on disk where another machine could load it."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler (cc, gcc or $CC) found")
+    target = directory / "lstm_pointwise.so"
+    subprocess.run(
+        [compiler, *NATIVE_FLAGS, str(NATIVE_SOURCE), "-o", str(target), "-lm"],
+        check=True, capture_output=True, timeout=120,
+    )
+    library = ctypes.CDLL(str(target))
+    sizes, pointers = [ctypes.c_int64] * 2, ctypes.c_void_p
+    library.lstm_pointwise_forward.argtypes = [*sizes, *[pointers] * 5]
+    library.lstm_pointwise_backward.argtypes = [*sizes, *[pointers] * 7]
+    return library
+
+
+@cache
+def native_library() -> ctypes.CDLL | None:
+    """This process's build of the C kernels, or ``None`` (logged) when they are switched off
+    (``L2O_NATIVE_KERNELS=0``) or cannot be built here."""
+    if os.environ.get(NATIVE_SWITCH) == "0":
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="l2o_kernels_") as tmp:
+            return build_native_library(Path(tmp))  # a loaded library outlives its file
+    except (OSError, subprocess.SubprocessError) as err:
+        _log.info("LSTM C kernels unavailable (%s); using torch's elementwise kernels", err)
+        return None
+
+
+def _native_fits(z: Tensor, *tensors: Tensor) -> bool:
+    """Whether the C kernels take these tensors: float32 on the CPU, ``z`` a 2-d ``[n, 4h]``
+    and every other tensor ``[n, h]``, all contiguous."""
+    n, width = z.shape if z.dim() == 2 else (0, 0)
+    return (
+        z.dim() == 2 and z.dtype == torch.float32 and z.device.type == "cpu"
+        and all(t.shape == (n, width // _GATES) and t.dtype == z.dtype and t.device == z.device
+                for t in tensors)
+        and all(t.is_contiguous() for t in (z, *tensors))
+    )
+
+
+def native_pointwise_forward(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`lstm_pointwise_forward` in one C pass, ``z`` overwritten with ``s``; other
+    tensors (dtypes, devices, shapes) go to the eager kernel."""
+    if not _native_fits(z, c):
+        return lstm_pointwise_forward(z, c)
+    h_next, c_next, tanh_c = (torch.empty_like(c) for _ in range(3))
+    native_library().lstm_pointwise_forward(
+        *c.shape, z.data_ptr(), c.data_ptr(), h_next.data_ptr(), c_next.data_ptr(), tanh_c.data_ptr()
+    )
+    return h_next, c_next, z, tanh_c
+
+
+def native_pointwise_backward(
+    grad_h: Tensor, grad_c_next: Tensor, s: Tensor, c: Tensor, tanh_c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`lstm_pointwise_backward` in one C pass (other tensors: the eager kernel)."""
+    grad_h, grad_c_next = grad_h.contiguous(), grad_c_next.contiguous()
+    if not _native_fits(s, grad_h, grad_c_next, c, tanh_c):
+        return lstm_pointwise_backward(grad_h, grad_c_next, s, c, tanh_c)
+    grad_z, grad_c = torch.empty_like(s), torch.empty_like(c)
+    native_library().lstm_pointwise_backward(
+        *c.shape, grad_h.data_ptr(), grad_c_next.data_ptr(), s.data_ptr(), c.data_ptr(),
+        tanh_c.data_ptr(), grad_z.data_ptr(), grad_c.data_ptr(),
+    )
+    return grad_z, grad_c
+
+
+def native_kernels() -> PointwiseKernels:
+    """The C kernels where they are built (:func:`native_library`), else :data:`EAGER_KERNELS`."""
+    if native_library() is None:
+        return EAGER_KERNELS
+    return PointwiseKernels(native_pointwise_forward, native_pointwise_backward)
+
+
+class LSTMPointwise(torch.autograd.Function):
+    """:func:`lstm_pointwise_forward` with :func:`lstm_pointwise_backward` as its gradient,
+    which saves ``s, c, tanh(c')`` and nothing else per step."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, c: Tensor, kernels: PointwiseKernels) -> tuple[Tensor, Tensor]:
+        h_next, c_next, s, tanh_c = kernels.forward(z, c)
+        ctx.save_for_backward(s, c, tanh_c)
+        ctx.kernels = kernels
+        return h_next, c_next
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor, grad_c_next: Tensor) -> tuple[Tensor, Tensor, None]:
+        return *ctx.kernels.backward(grad_h, grad_c_next, *ctx.saved_tensors), None
+
+
+def gate_parameters(cell: nn.LSTMCell) -> tuple[Tensor, Tensor, Tensor]:
+    """``(W_ih^T, W_hh^T, b_ih + b_hh)`` of the cell with the candidate gate's columns scaled
+    by 2, so that ``z = x W_ih^T + h W_hh^T + b`` is what :func:`lstm_pointwise_forward` takes."""
+    hidden = cell.hidden_size
+    scale = torch.ones(_GATES * hidden, dtype=cell.weight_ih.dtype, device=cell.weight_ih.device)
+    scale[2 * hidden : 3 * hidden] = 2.0
+    bias = (cell.bias_ih + cell.bias_hh) * scale
+    return (cell.weight_ih * scale[:, None]).t(), (cell.weight_hh * scale[:, None]).t(), bias
+
+
+def lstm_cell(
+    x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell, kernels: PointwiseKernels = EAGER_KERNELS
+) -> tuple[Tensor, Tensor]:
+    """One ``nn.LSTMCell`` step over a batch of rows, computed with fewer memory passes.
+
+    ``[i, f, g, o] = x W_ih^T + h W_hh^T + b_ih + b_hh``;
+    ``c' = sigma(f) c + sigma(i) tanh(g)``; ``h' = sigma(o) tanh(c')``.
+
+    Args:
+        x: inputs ``[N, in]``.
+        h, c: hidden and cell state ``[N, hidden]``.
+        cell: the cell whose weights to use.
+        kernels: the pointwise kernels (:class:`PointwiseKernels`).
+
+    Returns:
+        ``(h', c')``, each ``[N, hidden]``.
+    """
+    w_ih, w_hh, bias = gate_parameters(cell)
+    z = torch.addmm(bias, h, w_hh).addmm_(x, w_ih)
+    return LSTMPointwise.apply(z, c, kernels)
+
+
