@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from l2o_lightning.lstm_kernels import compiled_kernels, gate_parameters, lstm_cell, native_kernels
+from l2o_lightning.lstm_kernels import compiled_kernels, gate_parameters, lstm_network_step, native_kernels
 
 
 def preprocess_gradients(grad: Tensor, p: float = 10.0) -> Tensor:
@@ -135,16 +135,10 @@ class LSTMOptimizerNet(nn.Module):
             )
         rows = grad.numel()
         x = preprocess_gradients(grad.reshape(rows), self.preproc_p)
-        # unbind, not indexing: its backward is one stack instead of a zero-filled copy per layer
-        h_in = state.h.reshape(self.num_layers, rows, self.hidden_size).unbind(0)
-        c_in = state.c.reshape(self.num_layers, rows, self.hidden_size).unbind(0)
-        h_out, c_out = [], []
-        for cell, h, c in zip(self.cells, h_in, c_in, strict=True):
-            x, c = lstm_cell(x, h, c, cell, self.kernels)
-            h_out.append(x)
-            c_out.append(c)
-        update = self.out_mult * self.head(x).view(grad.shape)
-        return update, LSTMState(torch.stack(h_out).view(expected), torch.stack(c_out).view(expected))
+        flat = (self.num_layers, rows, self.hidden_size)
+        h, c = (t.reshape(flat).contiguous() for t in (state.h, state.c))
+        update, h, c = lstm_network_step(x, h, c, list(self.cells), self.head, self.out_mult, self.kernels)
+        return update.view(grad.shape), LSTMState(h.view(expected), c.view(expected))
 
     @torch.no_grad()
     def updates_from_one_state(self, grads: Tensor, state: LSTMState, max_coords: int = 1 << 12) -> Tensor:

@@ -1,9 +1,9 @@
 """The LSTM cell of the coordinatewise optimizer, computed with few memory passes.
 
-:func:`lstm_cell` is one ``nn.LSTMCell`` step over a batch of rows: two matrix products for the
-gate pre-activations, then the elementwise part in one :class:`LSTMPointwise` autograd
-function whose backward saves three tensors per step. The elementwise part runs through one of
-three :class:`PointwiseKernels`:
+:func:`lstm_network_step` is one step of stacked ``nn.LSTMCell`` layers and a linear head over a
+batch of rows, one autograd function (:class:`LSTMNetworkStep`) whose forward and backward cost
+two matrix products and one elementwise kernel per layer each way. The elementwise part runs
+through one of three :class:`PointwiseKernels`:
 
 - :data:`EAGER_KERNELS`: torch operations, any device and dtype (the reference);
 - :func:`native_kernels`: ``lstm_pointwise.c``, one pass over memory each way, compiled with the
@@ -72,7 +72,7 @@ def lstm_pointwise_backward(
 
 @dataclass(frozen=True)
 class PointwiseKernels:
-    """How :class:`LSTMPointwise` runs its forward and backward: eagerly, natively (C) or
+    """How :class:`LSTMNetworkStep` runs its elementwise work: eagerly, natively (C) or
     compiled. ``forward(z, c) -> (h', c', s, tanh(c'))`` may overwrite ``z`` (with ``s``)."""
 
     forward: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]] = lstm_pointwise_forward
@@ -169,22 +169,6 @@ def native_kernels() -> PointwiseKernels:
     return PointwiseKernels(native_pointwise_forward, native_pointwise_backward)
 
 
-class LSTMPointwise(torch.autograd.Function):
-    """:func:`lstm_pointwise_forward` with :func:`lstm_pointwise_backward` as its gradient,
-    which saves ``s, c, tanh(c')`` and nothing else per step."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, c: Tensor, kernels: PointwiseKernels) -> tuple[Tensor, Tensor]:
-        h_next, c_next, s, tanh_c = kernels.forward(z, c)
-        ctx.save_for_backward(s, c, tanh_c)
-        ctx.kernels = kernels
-        return h_next, c_next
-
-    @staticmethod
-    def backward(ctx, grad_h: Tensor, grad_c_next: Tensor) -> tuple[Tensor, Tensor, None]:
-        return *ctx.kernels.backward(grad_h, grad_c_next, *ctx.saved_tensors), None
-
-
 def gate_parameters(cell: nn.LSTMCell) -> tuple[Tensor, Tensor, Tensor]:
     """``(W_ih^T, W_hh^T, b_ih + b_hh)`` of the cell with the candidate gate's columns scaled
     by 2, so that ``z = x W_ih^T + h W_hh^T + b`` is what :func:`lstm_pointwise_forward` takes."""
@@ -195,25 +179,77 @@ def gate_parameters(cell: nn.LSTMCell) -> tuple[Tensor, Tensor, Tensor]:
     return (cell.weight_ih * scale[:, None]).t(), (cell.weight_hh * scale[:, None]).t(), bias
 
 
-def lstm_cell(
-    x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell, kernels: PointwiseKernels = EAGER_KERNELS
-) -> tuple[Tensor, Tensor]:
-    """One ``nn.LSTMCell`` step over a batch of rows, computed with fewer memory passes.
+class LSTMNetworkStep(torch.autograd.Function):
+    """One step of the stacked LSTM and its linear head over a batch of rows, forward and
+    backward written out so that each layer costs two matrix products and one elementwise
+    kernel each way, and the backward saves only ``s``, ``tanh(c')`` per layer besides the
+    inputs (see :func:`lstm_network_step` for the formulas)."""
 
-    ``[i, f, g, o] = x W_ih^T + h W_hh^T + b_ih + b_hh``;
-    ``c' = sigma(f) c + sigma(i) tanh(g)``; ``h' = sigma(o) tanh(c')``.
+    @staticmethod
+    def forward(ctx, x, h, c, head_weight, head_bias, out_mult, kernels, *gates):
+        layers = len(gates) // 3
+        inputs, saved, h_out, c_out = [x], [], [], []
+        for layer in range(layers):
+            w_ih, w_hh, bias = gates[3 * layer : 3 * layer + 3]
+            z = torch.addmm(bias, h[layer], w_hh).addmm_(inputs[-1], w_ih)
+            h_next, c_next, s, tanh_c = kernels.forward(z, c[layer])
+            saved += [s, tanh_c]
+            h_out.append(h_next)
+            c_out.append(c_next)
+            inputs.append(h_next)
+        update = torch.addmm(head_bias, inputs[-1], head_weight.t()).squeeze(-1).mul_(out_mult)
+        ctx.save_for_backward(h, c, head_weight, *inputs, *saved, *gates)
+        ctx.layers, ctx.out_mult, ctx.kernels = layers, out_mult, kernels
+        return update, torch.stack(h_out), torch.stack(c_out)
+
+    @staticmethod
+    def backward(ctx, grad_update, grad_h_out, grad_c_out):
+        layers, out_mult = ctx.layers, ctx.out_mult
+        h, c, head_weight, *rest = ctx.saved_tensors
+        inputs, saved, gates = rest[: layers + 1], rest[layers + 1 : 3 * layers + 1], rest[3 * layers + 1 :]
+        grad_update = grad_update * out_mult  # [N]
+        grad_head_weight = (grad_update @ inputs[-1])[None]
+        grad_head_bias = grad_update.sum(0, keepdim=True)
+        grad_h = torch.addr(grad_h_out[-1], grad_update, head_weight[0])  # dL/dh' of the top layer
+        needs_state = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        grad_h_in = torch.empty_like(h) if needs_state else None
+        grad_c_in = torch.empty_like(c) if needs_state else None
+        grad_gates: list[Tensor | None] = [None] * len(gates)
+        for layer in reversed(range(layers)):
+            w_ih, w_hh, _ = gates[3 * layer : 3 * layer + 3]
+            s, tanh_c = saved[2 * layer : 2 * layer + 2]
+            grad_z, grad_c = ctx.kernels.backward(grad_h, grad_c_out[layer], s, c[layer], tanh_c)
+            grad_gates[3 * layer : 3 * layer + 3] = [
+                inputs[layer].t() @ grad_z, h[layer].t() @ grad_z, grad_z.sum(0)
+            ]
+            if needs_state:
+                torch.mm(grad_z, w_hh.t(), out=grad_h_in[layer])
+                grad_c_in[layer] = grad_c
+            if layer > 0:
+                grad_h = torch.addmm(grad_h_out[layer - 1], grad_z, w_ih.t())
+        grad_x = grad_z @ gates[0].t() if ctx.needs_input_grad[0] else None
+        return (grad_x, grad_h_in, grad_c_in, grad_head_weight, grad_head_bias, None, None, *grad_gates)
+
+
+def lstm_network_step(
+    x: Tensor, h: Tensor, c: Tensor, cells: list[nn.LSTMCell], head: nn.Linear, out_mult: float,
+    kernels: PointwiseKernels,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Stacked ``nn.LSTMCell`` steps and a linear head over a batch of rows.
+
+    Layer ``l`` (input ``x_0 = x``): ``[i, f, g, o] = x_l W_ih^T + h_l W_hh^T + b_ih + b_hh``;
+    ``c_l' = sigma(f) c_l + sigma(i) tanh(g)``; ``h_l' = sigma(o) tanh(c_l')``; ``x_{l+1} = h_l'``;
+    the output ``u = out_mult * (x_L w_head + b_head)``.
 
     Args:
         x: inputs ``[N, in]``.
-        h, c: hidden and cell state ``[N, hidden]``.
-        cell: the cell whose weights to use.
-        kernels: the pointwise kernels (:class:`PointwiseKernels`).
+        h, c: hidden and cell states ``[layers, N, hidden]`` (contiguous).
+        cells: the layers' cells; head: ``Linear(hidden, 1)``.
+        out_mult: the output multiplier.
+        kernels: the elementwise kernels (:class:`PointwiseKernels`).
 
     Returns:
-        ``(h', c')``, each ``[N, hidden]``.
+        ``(u[N], h'[layers, N, hidden], c'[layers, N, hidden])``.
     """
-    w_ih, w_hh, bias = gate_parameters(cell)
-    z = torch.addmm(bias, h, w_hh).addmm_(x, w_ih)
-    return LSTMPointwise.apply(z, c, kernels)
-
-
+    gates = [tensor for cell in cells for tensor in gate_parameters(cell)]
+    return LSTMNetworkStep.apply(x, h, c, head.weight, head.bias, out_mult, kernels, *gates)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from functools import partial
 
 import pytest
 import torch
@@ -14,9 +15,9 @@ from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import (
     LSTMOptimizerNet,
     LSTMState,
-    lstm_cell,
     preprocess_gradients,
 )
+from l2o_lightning.lstm_kernels import lstm_network_step
 from l2o_lightning.optim import L2O
 
 
@@ -49,15 +50,30 @@ def test_preprocessing_follows_the_paper():
     assert torch.equal(features[4], torch.tensor([-1.0, 0.0]))
 
 
-def test_fused_lstm_cell_matches_lstmcell_and_passes_gradcheck():
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_network_step_matches_lstmcells_and_passes_gradcheck(layers):
+    """The hand-written backward of :class:`LSTMNetworkStep` against autograd's numerical
+    gradients (float64) for every input: gradient features, states, cells' and head's weights."""
     torch.manual_seed(0)
-    cell = nn.LSTMCell(3, 4).double()
-    x, h, c = (torch.randn(6, n, dtype=torch.double, requires_grad=True) for n in (3, 4, 4))
-    for ours, reference in zip(lstm_cell(x, h, c, cell), cell(x, (h, c)), strict=True):
+    net = LSTMOptimizerNet(hidden_size=4, num_layers=layers).double()
+    grad = torch.randn(6, dtype=torch.double) * 10.0 ** torch.randint(-5, 1, (6,))
+    state = random_state(net, (6,))
+    h, c = (t.double().requires_grad_() for t in (state.h, state.c))
+    update, next_state = net(grad, LSTMState(h, c))
+    ref_update, ref_state = reference_forward(net, grad, LSTMState(h, c))
+    for ours, reference in ((update, ref_update), (next_state.h, ref_state.h), (next_state.c, ref_state.c)):
         assert torch.allclose(ours, reference, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda *inputs: lstm_cell(*inputs, cell), (x, h, c))
-    weights = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
-    assert torch.autograd.gradcheck(lambda *_: lstm_cell(x, h, c, cell), weights)
+
+    def outputs(*_):
+        update, state = net(grad, LSTMState(h, c))
+        return update, state.h, state.c
+
+    assert torch.autograd.gradcheck(outputs, (h, c))
+    assert torch.autograd.gradcheck(outputs, tuple(net.parameters()))
+    x = preprocess_gradients(grad).requires_grad_()
+    step = partial(lstm_network_step, cells=list(net.cells), head=net.head, out_mult=net.out_mult,
+                   kernels=net.kernels)
+    assert torch.autograd.gradcheck(lambda x: step(x, h, c), (x,))
 
 
 def test_network_matches_plain_lstmcells():

@@ -11,7 +11,7 @@ from torch import nn
 
 from l2o_lightning.lstm_kernels import (
     EAGER_KERNELS,
-    lstm_cell,
+    lstm_network_step,
     lstm_pointwise_backward,
     lstm_pointwise_forward,
     native_kernels,
@@ -50,15 +50,17 @@ def test_native_kernels_compute_the_eager_formulas_to_float32_rounding(hidden):
 
 
 @needs_compiler
-def test_native_lstm_cell_gradients_equal_the_eager_ones():
+def test_network_step_with_c_kernels_equals_the_eager_one_with_gradients():
     torch.manual_seed(0)
-    cell = nn.LSTMCell(2, 20)
-    x, h, c = (torch.randn(500, n, requires_grad=True) for n in (2, 20, 20))
+    cells, head = [nn.LSTMCell(2, 20), nn.LSTMCell(20, 20)], nn.Linear(20, 1)
+    x = torch.randn(500, 2, requires_grad=True)
+    h, c = (torch.randn(2, 500, 20, requires_grad=True) for _ in range(2))
+    parameters = [p for module in (*cells, head) for p in module.parameters()]
     results = {}
     for name, kernels in (("eager", EAGER_KERNELS), ("native", native_kernels())):
-        h_next, c_next = lstm_cell(x, h, c, cell, kernels)
-        loss = h_next.square().sum() + c_next.sin().sum()
-        results[name] = [h_next, c_next, *torch.autograd.grad(loss, (x, h, c, *cell.parameters()))]
+        update, h_next, c_next = lstm_network_step(x, h, c, cells, head, 0.1, kernels)
+        loss = update.square().sum() + h_next.square().sum() + c_next.sin().sum()
+        results[name] = [update, h_next, c_next, *torch.autograd.grad(loss, (x, h, c, *parameters))]
     for native, eager in zip(results["native"], results["eager"], strict=True):
         torch.testing.assert_close(native, eager, rtol=1e-5, atol=1e-5)
 
