@@ -41,6 +41,7 @@ from functools import partial
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.func import vmap
@@ -373,6 +374,14 @@ class MetaTrainModule(L.LightningModule):
         steps = rounds * (self.hparams.n_iters // self.hparams.unroll)
         loop = self.trainer.fit_loop.epoch_loop
         loop.max_steps = steps if loop.max_steps < 0 else min(loop.max_steps, steps)
+
+    def on_train_start(self) -> None:
+        # Lightning gives the bar its total (max_steps - global_step, counted from the epoch's first
+        # batch) at an epoch's start, which a run resumed mid-epoch skips: meta-training has one
+        # endless epoch, so its bar counts the epoch's batches towards max_steps
+        bar = self.trainer.progress_bar_callback
+        if isinstance(bar, TQDMProgressBar) and self.trainer.max_steps > 0:
+            bar.train_progress_bar.reset(total=self.trainer.max_steps)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if 0 < self.trainer.max_steps <= self.global_step:

@@ -15,12 +15,15 @@ pytestmark = pytest.mark.slow  # real training runs
 
 
 class RecordBarTotal(L.Callback):
-    """Records the training progress bar's total at every training batch (``RecordBarTotal.totals``)."""
+    """Records the training progress bar's total at every training batch (``RecordBarTotal.totals``)
+    and the trainer's ``max_steps`` (``RecordBarTotal.max_steps``)."""
 
     totals: list = []
+    max_steps: int | None = None
 
     def on_train_batch_end(self, trainer, *args) -> None:
         RecordBarTotal.totals.append(trainer.progress_bar_callback.train_progress_bar.total)
+        RecordBarTotal.max_steps = trainer.max_steps
 
 
 def test_meta_training_shows_its_total_and_validates_after_the_last_step(mnist_dir, tmp_path, monkeypatch):
@@ -51,3 +54,49 @@ def test_a_shortened_meta_test_still_evaluates_the_test_split_at_its_end(run_cli
     assert len(scalars["train/loss"]) == 30
     assert [step for step, _ in scalars["test/acc"]] == [19, 29]  # the interval's, then the last step's
     assert [step for step, _ in scalars["test/loss"]] == [19, 29]
+
+
+
+class Interrupted(Exception):
+    """Ends a run as a crash would: after its checkpoints so far, before the next one."""
+
+
+class InterruptAtBatch(L.Callback):
+    """Raises :class:`Interrupted` as training batch ``batch`` (0-based) starts."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == self.batch:
+            raise Interrupted
+
+
+def test_a_resumed_meta_training_shows_its_budget_as_total(mnist_dir, tmp_path, monkeypatch):
+    """A run resumed from a checkpoint taken mid-epoch (meta-training's one endless epoch) skips
+    the epoch start where Lightning gives the bar its total; it still counts towards its budget."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr("sys.argv", ["l2o"])
+    every_2 = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+               "init_args": {"every_n_train_steps": 2, "save_top_k": 0, "save_last": True}}
+    record = {"class_path": f"{__name__}.RecordBarTotal"}
+    stop = {"class_path": f"{__name__}.InterruptAtBatch", "init_args": {"batch": 3}}
+
+    def fit(name: str, callbacks: list[dict], *extra: str) -> None:
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+        RecordBarTotal.totals = []
+        # 3 trajectories of 2 truncations: a budget of 6 meta-steps
+        main(["fit", "-c", "configs/meta_train/leaky_relu.yaml", "-c", str(config),
+              "--model.init_args.n_iters", "4", "--model.init_args.unroll", "2",
+              "--data.batches_per_step", "2", "--model.init_args.trajectories", "3",
+              "--trainer.limit_val_batches", "0", "--trainer.enable_model_summary", "false",
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *extra])
+
+    with pytest.raises(Interrupted):  # after the checkpoint of meta-step 2, in batch 3
+        fit("interrupted", [every_2, record, stop])
+    assert RecordBarTotal.totals == [6] * 3
+    fit("resumed", [every_2, record], "--ckpt_path", "last")
+    # meta-steps 3 to 6 of 6: the total is the budget, not `?` (None)
+    assert RecordBarTotal.totals == [6] * 4
+    assert RecordBarTotal.max_steps == 6
