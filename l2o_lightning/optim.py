@@ -1,10 +1,10 @@
-"""Optimizers of the package (``torch.optim.Optimizer`` subclasses) and the pure update
-formulas they share with the probes. Lion itself comes from ``lion-pytorch``; the learned
-optimizer (Andrychowicz et al. 2016, https://arxiv.org/abs/1606.04474) is :class:`L2O`."""
+"""Optimizers of the package as ``torch.optim.Optimizer`` shells over the functional optimizers
+of :mod:`l2o_lightning.dynamics.functional_optim` (the formulas live there). Lion itself comes
+from ``lion-pytorch``; the learned optimizer (Andrychowicz et al. 2016,
+https://arxiv.org/abs/1606.04474) is :class:`L2O`."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -14,45 +14,11 @@ from torch.optim import Optimizer
 
 from l2o_lightning import pretrained
 from l2o_lightning.checkpoints import l2o_entry, net_from_checkpoint_entry, read_checkpoint
+from l2o_lightning.dynamics import functional_optim
+from l2o_lightning.dynamics.functional_optim import FunctionalOptimizer, state_entries, state_from_entries
+from l2o_lightning.dynamics.update_rules import optimizer_params
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import LSTMOptimizerNet, LSTMState
-
-
-def optimizer_params(optimizer: Optimizer) -> list[Tensor]:
-    """The optimizer's parameters in param-group order (the order of flat vectors)."""
-    return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def sgd_momentum_buffer(grad: Tensor, buffer: Tensor | None, momentum: float) -> Tensor:
-    """Heavy-ball buffer of ``torch.optim.SGD`` (no dampening): ``b = g`` on the first
-    step, then ``b = momentum * b + g``."""
-    if buffer is None or momentum == 0:
-        return grad.clone()
-    return buffer * momentum + grad
-
-
-def lion_update(
-    param: Tensor, grad: Tensor, exp_avg: Tensor, lr: float, beta1: float, weight_decay: float
-) -> Tensor:
-    """Lion's update (Chen et al. 2023), as applied by ``lion-pytorch``:
-    ``u = -lr * (wd * theta + sign(beta1 * m + (1 - beta1) * g))``."""
-    direction = torch.sign(exp_avg * beta1 + grad * (1 - beta1))
-    return -lr * (direction + weight_decay * param)
-
-
-def lion_next_exp_avg(exp_avg: Tensor, grad: Tensor, beta2: float) -> Tensor:
-    """Lion's momentum after a step: ``m = beta2 * m + (1 - beta2) * g``."""
-    return exp_avg.lerp(grad, 1 - beta2)
-
-
-def lion_sgd_update(
-    param: Tensor, grad: Tensor, exp_avg: Tensor, buffer: Tensor, group: dict
-) -> Tensor:
-    """LionSGD's update from Lion's momentum ``exp_avg`` and SGD's new heavy-ball ``buffer``:
-    ``u = w * u_Lion - (1 - w) * sgd_lr * buffer`` with ``w = group["lion_weight"]``."""
-    u_lion = lion_update(param, grad, exp_avg, group["lr"], group["betas"][0], group["weight_decay"])
-    weight = group["lion_weight"]
-    return weight * u_lion + (1 - weight) * (-group["sgd_lr"] * buffer)
 
 
 def evaluate_closure(closure: Callable[[], Tensor] | None) -> Tensor | None:
@@ -63,7 +29,32 @@ def evaluate_closure(closure: Callable[[], Tensor] | None) -> Tensor | None:
         return closure()
 
 
-class LionSGD(Optimizer):
+class FunctionalShell(Optimizer):
+    """A ``torch.optim`` optimizer that steps every parameter with a gradient by the functional
+    optimizer of its group, ``functional_for(group)``: ``theta <- theta + u``, the state kept as
+    the parameter's entries in ``self.state`` (named as the state's fields). The probes' update
+    rules read the same two things (:func:`~l2o_lightning.dynamics.update_rules.functional_rule`)."""
+
+    def functional_for(self, group: dict) -> FunctionalOptimizer:
+        """The functional optimizer that steps the parameters of ``group``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = evaluate_closure(closure)
+        for group in self.param_groups:
+            functional = self.functional_for(group)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = state_from_entries(functional, self.state.get(p, {}), p)
+                update, state = functional.update(p.grad, state, p)
+                self.state[p].update(state_entries(state))
+                p.add_(update)
+        return loss
+
+
+class LionSGD(FunctionalShell):
     """Interpolation of Lion and SGD with momentum (the paper's Fig. 7):
     ``u = lion_weight * u_Lion + (1 - lion_weight) * u_SGD``.
 
@@ -97,21 +88,11 @@ class LionSGD(Optimizer):
         )
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                exp_avg = state.get("exp_avg", torch.zeros_like(p))
-                buffer = sgd_momentum_buffer(p.grad, state.get("momentum_buffer"), group["momentum"])
-                update = lion_sgd_update(p, p.grad, exp_avg, buffer, group)
-                state["exp_avg"] = lion_next_exp_avg(exp_avg, p.grad, group["betas"][1])
-                state["momentum_buffer"] = buffer
-                p.add_(update)
-        return loss
+    def functional_for(self, group: dict) -> functional_optim.LionSGD:
+        return functional_optim.LionSGD(
+            lr=group["lr"], sgd_lr=group["sgd_lr"], lion_weight=group["lion_weight"], betas=group["betas"],
+            momentum=group["momentum"], weight_decay=group["weight_decay"],
+        )
 
 
 _CHECKPOINT_HINT = (
@@ -135,8 +116,9 @@ def load_lstm_optimizer(checkpoint: str | Path) -> LSTMOptimizerNet:
         raise ConfigError(f"{where} holds a malformed LSTM optimizer ({err}); {_CHECKPOINT_HINT}.") from None
 
 
-class L2O(Optimizer):
-    """The meta-trained LSTM optimizer as a ``torch.optim`` optimizer.
+class L2O(FunctionalShell):
+    """The meta-trained LSTM optimizer as a ``torch.optim`` optimizer, a shell over
+    :class:`~l2o_lightning.dynamics.functional_optim.L2O`.
 
     Every step feeds the gradients of all parameters (of all groups, in order) to the LSTM
     in one batched call and applies ``theta <- theta + u``. The LSTM state of each parameter
@@ -158,35 +140,26 @@ class L2O(Optimizer):
             net.out_mult = out_mult
         super().__init__(params, {})
         self.net = net.eval().requires_grad_(False)
+        self.functional = functional_optim.L2O(self.net)
+
+    def functional_for(self, group: dict) -> functional_optim.L2O:
+        """The LSTM, moved to the device and dtype of the group's parameters as a step moves it."""
+        return self._functional_like(group["params"][0])
+
+    def _functional_like(self, tensor: Tensor) -> functional_optim.L2O:
+        weight = self.net.head.weight
+        if (weight.device, weight.dtype) != (tensor.device, tensor.dtype):
+            self.net.to(device=tensor.device, dtype=tensor.dtype)
+        return self.functional
 
     def _state_of(self, param: Tensor) -> LSTMState:
-        state = self.state.get(param, {})  # reading must not add entries to the defaultdict
-        if "h" not in state:
-            return self.net.initial_state((param.numel(),), param.device, param.dtype)
-        return LSTMState(state["h"], state["c"])
+        # reading must not add entries to the defaultdict
+        return state_from_entries(self.functional, self.state.get(param, {}), param.reshape(-1))
 
     def lstm_state(self) -> LSTMState:
         """The state of all parameters' coordinates, concatenated in order:
-        ``[num_layers, D, hidden]`` (zeros for parameters not stepped yet). It may share memory
-        with the optimizer's state: read it, do not modify it."""
-        return self._joint_state(optimizer_params(self))
-
-    def _joint_state(self, params: list[Tensor]) -> LSTMState:
-        """The states of ``params`` concatenated along the coordinate dim. After a step on the
-        same parameters they are consecutive slices of one tensor, which is returned uncopied."""
-        states = [self._state_of(p) for p in params]
-        joint = LSTMState(states[0].h._base, states[0].c._base)
-        expected_shape = (self.net.num_layers, sum(p.numel() for p in params), self.net.hidden_size)
-        if joint.h is not None and joint.c is not None and joint.h.shape == expected_shape:
-            sizes = [p.numel() * self.net.hidden_size for p in params]
-            starts = list(itertools.accumulate(sizes, initial=0))[:-1]
-            if all(
-                s.h._base is joint.h and s.c._base is joint.c
-                and s.h.storage_offset() == s.c.storage_offset() == start
-                for s, start in zip(states, starts, strict=True)
-            ):
-                return joint
-        return LSTMState.cat(states, dim=1)
+        ``[num_layers, D, hidden]`` (zeros for parameters not stepped yet)."""
+        return LSTMState.cat([self._state_of(p) for p in optimizer_params(self)])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -195,12 +168,11 @@ class L2O(Optimizer):
         if not params:
             return loss
         grad = torch.cat([p.grad.reshape(-1) for p in params])
-        weight = self.net.head.weight
-        if (weight.device, weight.dtype) != (grad.device, grad.dtype):
-            self.net.to(device=grad.device, dtype=grad.dtype)
-        update, state = self.net(grad, self._joint_state(params))
+        theta = torch.cat([p.reshape(-1) for p in params])
+        state = LSTMState.cat([self._state_of(p) for p in params])
+        update, state = self._functional_like(grad).update(grad, state, theta)
         sizes = [p.numel() for p in params]
         torch._foreach_add_(params, [u.view_as(p) for u, p in zip(update.split(sizes), params, strict=True)])
         for p, h, c in zip(params, state.h.split(sizes, 1), state.c.split(sizes, 1), strict=True):
-            self.state[p]["h"], self.state[p]["c"] = h, c
+            self.state[p].update(h=h, c=c)
         return loss

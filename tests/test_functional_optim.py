@@ -1,5 +1,8 @@
 """The functional optimizers take the steps of torch's and lion-pytorch's optimizers."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from lion_pytorch import Lion
@@ -134,3 +137,15 @@ def test_a_torch_optimizers_state_reads_as_the_functional_state(name):
     torch.testing.assert_close(before + update, param.detach(), rtol=1e-6, atol=1e-6)
     for key, value in F.state_entries(next_state).items():
         torch.testing.assert_close(value, optimizer.state[param][key], rtol=1e-6, atol=1e-7)
+
+
+def test_the_math_layer_imports_no_glue():
+    """``dynamics/`` (the functional optimizers and the probes' math) imports neither the
+    ``torch.optim`` shells, the LightningModules nor Lightning."""
+    modules = subprocess.run(
+        [sys.executable, "-c", "import sys, l2o_lightning.dynamics; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    glue = ("lightning", "pytorch_lightning", "l2o_lightning.optim", "l2o_lightning.meta",
+            "l2o_lightning.optimizee_module", "l2o_lightning.callbacks")
+    assert not [m for m in modules if any(m == g or m.startswith(f"{g}.") for g in glue)]

@@ -97,20 +97,39 @@ def test_gradient_rows_must_match_the_optimizer():
         updates(optimizer, torch.zeros(3, 20))
 
 
+def l2o_arguments(tmp_path):
+    """``L2O`` and its arguments: a random (not meta-trained) LSTM, with nonzero, state-dependent updates."""
+    torch.manual_seed(0)
+    torch.save({CHECKPOINT_KEY: checkpoint_entry(LSTMOptimizerNet())}, tmp_path / "l2o.ckpt")
+    return L2O, dict(checkpoint=str(tmp_path / "l2o.ckpt"))
+
+
 @pytest.mark.parametrize("steps_before", [0, 3])
 def test_l2o_update_rule_equals_the_real_step(tmp_path, steps_before):
-    torch.manual_seed(0)  # a random (not meta-trained) LSTM: nonzero, state-dependent updates
-    torch.save({CHECKPOINT_KEY: checkpoint_entry(LSTMOptimizerNet())}, tmp_path / "l2o.ckpt")
-    optimizer, params = make_optimizer(L2O, dict(checkpoint=str(tmp_path / "l2o.ckpt")))
+    optimizer, params = make_optimizer(*l2o_arguments(tmp_path))
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps_before):
         step(optimizer, params, torch.randn(21, generator=gen, dtype=torch.float64))
     grads = torch.randn(4, 21, generator=gen, dtype=torch.float64)
     state = saved_state(optimizer)
 
-    predicted = updates(optimizer, grads)  # before any step: the float32 net's float64 copy
+    predicted = updates(optimizer, grads)  # before any step: moves the float32 net to float64 as a step would
 
     torch.testing.assert_close(saved_state(optimizer), state, rtol=0, atol=0)
     assert not torch.allclose(predicted[0], predicted[1])
     torch.testing.assert_close(predicted, stepped_updates(optimizer, grads), rtol=1e-9, atol=1e-13)
     torch.testing.assert_close(predicted[0], step(optimizer, params, grads[0]), rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", [*OPTIMIZERS, "l2o"])
+def test_supported_optimizers_rules_copy_nothing(name, tmp_path, monkeypatch):
+    """A supported optimizer's rule is its functional update over the state read in place: no
+    deep copy of the optimizer or of its LSTM."""
+    optimizer, params = make_optimizer(*(l2o_arguments(tmp_path) if name == "l2o" else OPTIMIZERS[name]))
+    step(optimizer, params, torch.ones(21, dtype=torch.float64))
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the update rule deep-copied something")
+
+    monkeypatch.setattr(copy, "deepcopy", no_copy)
+    assert updates(optimizer, torch.randn(3, 21, dtype=torch.float64)).shape == (3, 21)

@@ -20,9 +20,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from l2o_lightning.dynamics.per_sample import UnitGroup, grouped_pool_gradients, split_units
-from l2o_lightning.dynamics.update_rules import updates
+from l2o_lightning.dynamics.update_rules import optimizer_params, updates
 from l2o_lightning.errors import ConfigError
-from l2o_lightning.optim import optimizer_params
 from l2o_lightning.optimizee_steps import OptimizeeStep, RowUpdates
 from l2o_lightning.optimizees import MLP
 

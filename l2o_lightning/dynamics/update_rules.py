@@ -2,8 +2,12 @@
 gradients from its current state, vectorized over the gradients, changing nothing.
 
 Flat vectors here follow the optimizer: all its parameters concatenated in param-group
-order. Rules are registered per exact optimizer class (a subclass may step differently);
-any other optimizer falls back to stepping a deep copy once per gradient (slow, warned).
+order. An optimizer is supported when its step is, per parameter, a functional optimizer's
+``update`` (:mod:`l2o_lightning.dynamics.functional_optim`) over the parameter's state entries:
+``torch.optim.SGD``, ``Adam``, ``AdamW`` and lion-pytorch's ``Lion`` through the adapters
+registered here (per exact class: a subclass may step differently), and any shell with a
+``functional_for(group)`` method (the package's ``LionSGD`` and ``L2O``). Any other optimizer
+falls back to stepping a deep copy once per gradient (slow, warned).
 """
 
 from __future__ import annotations
@@ -18,18 +22,12 @@ from lion_pytorch import Lion
 from torch import Tensor
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
-from l2o_lightning.optim import (
-    L2O,
-    LionSGD,
-    lion_sgd_update,
-    lion_update,
-    optimizer_params,
-    sgd_momentum_buffer,
-)
+from l2o_lightning.dynamics import functional_optim
+from l2o_lightning.dynamics.functional_optim import FunctionalOptimizer, state_from_entries
 
 UpdateRule = Callable[[Optimizer, Tensor], Tensor]
-# one parameter: (optimizer, param group, parameter, grads [N, *shape]) -> updates [N, *shape]
-ParamRule = Callable[[Optimizer, dict, Tensor, Tensor], Tensor]
+# (optimizer, one of its param groups) -> the functional optimizer its step applies to that group
+FunctionalOf = Callable[[Optimizer, dict], FunctionalOptimizer]
 
 UPDATE_RULES: dict[type[Optimizer], UpdateRule] = {}
 
@@ -43,6 +41,11 @@ def register_update_rule(*optimizer_types: type[Optimizer]) -> Callable[[UpdateR
         return rule
 
     return register
+
+
+def optimizer_params(optimizer: Optimizer) -> list[Tensor]:
+    """The optimizer's parameters in param-group order (the order of flat vectors)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def flat_optimizer_params(optimizer: Optimizer) -> Tensor:
@@ -71,6 +74,8 @@ def updates(optimizer: Optimizer, grads: Tensor) -> Tensor:
             f"got {list(grads.shape)}"
         )
     rule = UPDATE_RULES.get(type(optimizer))
+    if rule is None and callable(getattr(optimizer, "functional_for", None)):
+        rule = functional_rule(type(optimizer).functional_for)
     if rule is None:
         _warn_fallback(type(optimizer).__qualname__)
         return stepped_updates(optimizer, grads)
@@ -82,7 +87,8 @@ def _warn_fallback(name: str) -> None:
     warnings.warn(
         f"no update rule for optimizer {name}: probes step a deep copy of it once per "
         "gradient row (slow); register one with "
-        "l2o_lightning.dynamics.update_rules.register_update_rule",
+        "l2o_lightning.dynamics.update_rules.register_update_rule or give it a "
+        "`functional_for(group)` method",
         stacklevel=3,
     )
 
@@ -119,83 +125,50 @@ def _split(optimizer: Optimizer, grads: Tensor) -> Iterator[tuple[dict, Tensor, 
             start += p.numel()
 
 
-def per_parameter(rule: ParamRule) -> UpdateRule:
-    """Lift a rule for one parameter to the flat ``[N, D] -> [N, D]`` form."""
+def functional_rule(functional_of: FunctionalOf) -> UpdateRule:
+    """The rule of an optimizer that steps each parameter by ``functional_of(optimizer, group)``
+    over the parameter's state entries: for every parameter, ``row_updates`` of its columns of
+    the gradient rows from that state (one broadcast call), read and not written back."""
 
-    def flat_rule(optimizer: Optimizer, grads: Tensor) -> Tensor:
-        parts = [rule(optimizer, group, p, g) for group, p, g in _split(optimizer, grads)]
-        return torch.cat([u.reshape(len(grads), -1) for u in parts], 1)
+    def rule(optimizer: Optimizer, grads: Tensor) -> Tensor:
+        parts = []
+        for group, p, g in _split(optimizer, grads):
+            functional = functional_of(optimizer, group)
+            state = state_from_entries(functional, optimizer.state.get(p, {}), p.detach())
+            parts.append(functional.row_updates(g, state, p.detach()).reshape(len(grads), -1))
+        return torch.cat(parts, 1)
 
-    return flat_rule
+    return rule
 
 
 @register_update_rule(SGD)
-@per_parameter
-def sgd_rule(optimizer: Optimizer, group: dict, p: Tensor, g: Tensor) -> Tensor:
-    """``torch.optim.SGD``: ``d = g + wd * theta``; ``b = mu * b + (1 - dampening) * d``
-    (``b = d`` on the first step); ``d = d + mu * b`` (nesterov) or ``b``; ``u = -lr * d``."""
-    g = -g if group["maximize"] else g
-    if group["weight_decay"]:
-        g = g + group["weight_decay"] * p
-    momentum = group["momentum"]
-    if momentum:
-        buffer = optimizer.state.get(p, {}).get("momentum_buffer")
-        damped = g if buffer is None else g * (1 - group["dampening"])
-        buffer = sgd_momentum_buffer(damped, buffer, momentum)
-        g = g + momentum * buffer if group["nesterov"] else buffer
-    return -float(group["lr"]) * g
+@functional_rule
+def sgd_rule(optimizer: Optimizer, group: dict) -> functional_optim.SGD:
+    """``torch.optim.SGD``'s group as :class:`~l2o_lightning.dynamics.functional_optim.SGD`."""
+    return functional_optim.SGD(
+        lr=float(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
+        weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
+    )
 
 
 @register_update_rule(Adam, AdamW)
-@per_parameter
-def adam_rule(optimizer: Optimizer, group: dict, p: Tensor, g: Tensor) -> Tensor:
-    """``torch.optim.Adam``/``AdamW`` at step ``t`` (the next step's count):
-    ``m = beta1 m + (1 - beta1) g``, ``v = beta2 v + (1 - beta2) g^2`` (amsgrad: running
-    max of ``v``), ``u = -lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)``, and
-    weight decay ``wd * theta`` added to ``g`` (Adam) or ``-lr * wd * theta`` to ``u`` (AdamW)."""
-    state = optimizer.state.get(p, {})
-    beta1, beta2 = (float(b) for b in group["betas"])
-    lr, wd = float(group["lr"]), group["weight_decay"]
-    decoupled = group.get("decoupled_weight_decay", isinstance(optimizer, AdamW))
-    g = -g if group["maximize"] else g
-    if wd and not decoupled:
-        g = g + wd * p
-    step = float(state["step"]) + 1 if state else 1.0
-    exp_avg = state["exp_avg"].lerp(g, 1 - beta1) if state else g * (1 - beta1)
-    exp_avg_sq = (state["exp_avg_sq"] * beta2 if state else 0) + g.square() * (1 - beta2)
-    if group["amsgrad"] and state:
-        exp_avg_sq = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq)
-    denom = exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5 + group["eps"]
-    u = -(lr / (1 - beta1**step)) * (exp_avg / denom)
-    return u - lr * wd * p if wd and decoupled else u
+@functional_rule
+def adam_rule(optimizer: Optimizer, group: dict) -> functional_optim.Adam:
+    """``torch.optim.Adam``'s or ``AdamW``'s group as
+    :class:`~l2o_lightning.dynamics.functional_optim.Adam`."""
+    return functional_optim.Adam(
+        lr=float(group["lr"]), betas=tuple(float(b) for b in group["betas"]), eps=group["eps"],
+        weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
+        decoupled_weight_decay=group.get("decoupled_weight_decay", isinstance(optimizer, AdamW)),
+    )
 
 
 @register_update_rule(Lion)
-@per_parameter
-def lion_rule(optimizer: Optimizer, group: dict, p: Tensor, g: Tensor) -> Tensor:
-    """``lion_pytorch.Lion``: ``u = -lr * (sign(beta1 m + (1 - beta1) g) + wd * theta)``, with
-    ``wd / initial lr`` under ``decoupled_weight_decay``."""
-    wd = group["weight_decay"]
-    wd = wd / optimizer._init_lr if optimizer.decoupled_wd else wd
-    exp_avg = optimizer.state.get(p, {}).get("exp_avg", torch.zeros_like(p))
-    return lion_update(p, g, exp_avg, group["lr"], group["betas"][0], wd)
-
-
-@register_update_rule(LionSGD)
-@per_parameter
-def lion_sgd_rule(optimizer: Optimizer, group: dict, p: Tensor, g: Tensor) -> Tensor:
-    """:class:`~l2o_lightning.optim.LionSGD`: ``u = w * u_Lion + (1 - w) * u_SGD``."""
-    state = optimizer.state.get(p, {})
-    exp_avg = state.get("exp_avg", torch.zeros_like(p))
-    buffer = sgd_momentum_buffer(g, state.get("momentum_buffer"), group["momentum"])
-    return lion_sgd_update(p, g, exp_avg, buffer, group)
-
-
-@register_update_rule(L2O)
-def l2o_rule(optimizer: L2O, grads: Tensor) -> Tensor:
-    """:class:`~l2o_lightning.optim.L2O`: ``u_i = net(g_i, state)`` for every row from the
-    same LSTM state (:meth:`~l2o_lightning.learned.LSTMOptimizerNet.updates_from_one_state`)."""
-    net, weight = optimizer.net, optimizer.net.head.weight
-    if (weight.device, weight.dtype) != (grads.device, grads.dtype):  # L2O.step would move it
-        net = copy.deepcopy(net).to(device=grads.device, dtype=grads.dtype)
-    return net.updates_from_one_state(grads, optimizer.lstm_state())
+@functional_rule
+def lion_rule(optimizer: Lion, group: dict) -> functional_optim.Lion:
+    """lion-pytorch's ``Lion`` group as :class:`~l2o_lightning.dynamics.functional_optim.Lion`;
+    with ``decoupled_weight_decay`` it divides the decay by the lr it was built with (its defaults)."""
+    decay = group["weight_decay"]
+    if optimizer.decoupled_wd:
+        decay = decay / optimizer.defaults["lr"]
+    return functional_optim.Lion(lr=float(group["lr"]), betas=tuple(group["betas"]), weight_decay=decay)
