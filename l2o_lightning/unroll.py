@@ -1,20 +1,28 @@
 """The pure math of meta-training: one learned optimizee step, a truncated unroll with
 its first-order meta-gradient, whole evaluation trajectories, the symmetry-breaking
 regularizer (Andrychowicz et al. 2016, https://arxiv.org/abs/1606.04474; the regularizer:
-Sobotka & Simanek 2024). No Lightning here: :mod:`l2o_lightning.meta` wires it."""
+Sobotka & Simanek 2024). No Lightning here: :mod:`l2o_lightning.meta` wires it.
+
+The optimizer that takes the optimizee steps is the LSTM (an
+:class:`~l2o_lightning.learned.LSTMOptimizerNet`, stepped as
+:class:`~l2o_lightning.dynamics.functional_optim.L2O`) or any functional optimizer of
+:mod:`l2o_lightning.dynamics.functional_optim`; the meta-gradient reaches whatever its update
+depends on (the LSTM's weights, or e.g. an SGD learning rate given as a tensor)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
+from l2o_lightning.dynamics import functional_optim
+from l2o_lightning.dynamics.functional_optim import FunctionalOptimizer, detach_state
 from l2o_lightning.dynamics.symmetry import symmetry_deviations
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.learned import LSTMState
@@ -22,9 +30,11 @@ from l2o_lightning.optimizees import MLP
 
 MetaLossKind = Literal["sum", "log_sum"]
 PenaltyForm = Literal["abs_sum", "sum_abs"]
-# (params theta [tasks, D] with graph, gradient g detached, update u with graph, the LSTM state
-# u was computed from) -> meta-loss term
-StepHook = Callable[[Tensor, Tensor, Tensor, LSTMState], Tensor]
+# the LSTM (its forward: (g, state) -> (u, state)) or a functional optimizer
+StepOptimizer = Callable[[Tensor, LSTMState], tuple[Tensor, LSTMState]] | FunctionalOptimizer
+# (params theta [tasks, D] with graph, gradient g detached, update u with graph, the optimizer
+# state u was computed from) -> meta-loss term
+StepHook = Callable[[Tensor, Tensor, Tensor, Any], Tensor]
 
 class SymmetryReg(TypedDict, total=False):
     """The symmetry-breaking regularizer (paper Fig. 2): ``beta`` times the deviation of the
@@ -48,18 +58,23 @@ def symmetry_penalty(
     return beta * sum(getattr(deviations[kind], form) for kind in kinds).mean()
 
 
+def as_functional(optimizer: StepOptimizer) -> FunctionalOptimizer:
+    """A functional optimizer as it is; the LSTM as :class:`functional_optim.L2O`."""
+    return optimizer if isinstance(optimizer, FunctionalOptimizer) else functional_optim.L2O(optimizer)
+
+
 @dataclass
 class Trajectory:
-    """The optimizees being trained: parameters ``[tasks, D]``, the LSTM state
-    ``[num_layers, tasks, D, hidden]`` and the optimizee step reached."""
+    """The optimizees being trained: parameters ``[tasks, D]``, the optimizer state (the LSTM's:
+    ``[num_layers, tasks, D, hidden]``) and the optimizee step reached."""
 
     params: Tensor
-    state: LSTMState
+    state: Any
     step: int = 0
 
     def detach(self) -> Trajectory:
         """Cut the graph at a truncation boundary: no meta-gradient flows to earlier steps."""
-        return Trajectory(self.params.detach(), self.state.detach(), self.step)
+        return Trajectory(self.params.detach(), detach_state(self.state), self.step)
 
 
 def optimizee_loss_and_grad(
@@ -110,26 +125,27 @@ def task_generator(seed: int, task: int, round_: int) -> torch.Generator:
 
 
 def learned_step(
-    net: Callable[[Tensor, LSTMState], tuple[Tensor, LSTMState]],
+    optimizer: StepOptimizer,
     optimizee: MLP,
     params: Tensor,
-    state: LSTMState,
+    state: Any,
     x: Tensor,
     y: Tensor,
-) -> tuple[Tensor, LSTMState, Tensor, Tensor, Tensor]:
-    """One optimizee step by the LSTM: ``theta_next = theta + u``, ``u = net(g)``.
+) -> tuple[Tensor, Any, Tensor, Tensor, Tensor]:
+    """One optimizee step by the LSTM (or a functional optimizer): ``theta_next = theta + u``,
+    ``(u, state_next) = update(g, state, theta)``.
 
     Returns:
         ``(theta_next, state_next, loss, u, g)``; ``loss[tasks]`` is the minibatch loss at
         ``theta`` in :func:`first_order_loss` form, ``g`` its (detached) gradient.
     """
     loss, grad = optimizee_loss_and_grad(optimizee, params, x, y)
-    update, state = net(grad, state)
+    update, state = as_functional(optimizer).update(grad, state, params)
     return params + update, state, first_order_loss(loss, grad, params), update, grad
 
 
 def unroll_truncation(
-    net: Callable[[Tensor, LSTMState], tuple[Tensor, LSTMState]],
+    optimizer: StepOptimizer,
     optimizee: MLP,
     trajectory: Trajectory,
     xs: Tensor,
@@ -139,12 +155,12 @@ def unroll_truncation(
     """Advance a trajectory by one truncation, keeping the graph.
 
     Args:
-        net: the LSTM optimizer.
+        optimizer: the LSTM optimizer, or a functional optimizer.
         optimizee: the functional optimizee.
         trajectory: where the truncation starts (detached).
         xs, ys: one minibatch per step, ``[steps, tasks, B, 784]`` and ``[steps, tasks, B]``.
         step_hook: ``(theta, g, u, state) -> scalar`` called at every step, ``state`` the
-            LSTM state ``u`` came from (probes may observe); its value (e.g. a regularizer)
+            optimizer state ``u`` came from (probes may observe); its value (e.g. a regularizer)
             is added to the meta-loss.
 
     Returns:
@@ -153,7 +169,7 @@ def unroll_truncation(
     params, state = trajectory.params, trajectory.state
     losses, penalty = [], params.new_zeros(())
     for x, y in zip(xs, ys, strict=True):
-        next_params, next_state, loss, update, grad = learned_step(net, optimizee, params, state, x, y)
+        next_params, next_state, loss, update, grad = learned_step(optimizer, optimizee, params, state, x, y)
         penalty = penalty + step_hook(params, grad, update, state)
         losses.append(loss)
         params, state = next_params, next_state
@@ -162,13 +178,13 @@ def unroll_truncation(
 
 @torch.no_grad()
 def run_trajectories(
-    net: Callable[[Tensor, LSTMState], tuple[Tensor, LSTMState]],
+    optimizer: StepOptimizer,
     optimizee: MLP,
     trajectory: Trajectory,
     minibatches: Iterator[tuple[Tensor, Tensor]],
     n_iters: int,
 ) -> tuple[Tensor, Tensor]:
-    """Train ``tasks`` optimizees for ``n_iters`` steps with a frozen LSTM (no meta-gradient).
+    """Train ``tasks`` optimizees for ``n_iters`` steps with a frozen optimizer (no meta-gradient).
 
     Returns:
         Losses ``[n_iters, tasks]`` (each at the parameters before its step) and the final
@@ -176,7 +192,7 @@ def run_trajectories(
     """
     params, state, losses = trajectory.params, trajectory.state, []
     for x, y in islice(minibatches, n_iters):
-        params, state, loss, *_ = learned_step(net, optimizee, params, state, x, y)
+        params, state, loss, *_ = learned_step(optimizer, optimizee, params, state, x, y)
         losses.append(loss)
     return torch.stack(losses), params
 

@@ -9,6 +9,8 @@ from lion_pytorch import Lion
 
 from l2o_lightning.dynamics import functional_optim as F
 from l2o_lightning.learned import LSTMOptimizerNet
+from l2o_lightning.optimizees import MLP
+from l2o_lightning.unroll import Trajectory, meta_objective, unroll_truncation
 
 STEPS = 10
 # (torch optimizer, its arguments, the functional optimizer that should step alike)
@@ -149,3 +151,37 @@ def test_the_math_layer_imports_no_glue():
     glue = ("lightning", "pytorch_lightning", "l2o_lightning.optim", "l2o_lightning.meta",
             "l2o_lightning.optimizee_module", "l2o_lightning.callbacks")
     assert not [m for m in modules if any(m == g or m.startswith(f"{g}.") for g in glue)]
+
+
+def test_the_unroll_meta_trains_a_functional_sgd():
+    """``unroll_truncation`` steps any functional optimizer: SGD with momentum takes torch's steps on
+    every task, and the meta-gradient reaches its learning rate (a tensor): with gradients held
+    (first order), ``d/dlr sum_t L_t = sum_t <g_t, sum_{s<t} u_s> / lr``, mean over tasks."""
+    torch.manual_seed(0)
+    optimizee = MLP(hidden=[3], in_features=4, num_classes=3).double().requires_grad_(False)
+    params = torch.stack([optimizee.sample_flat(torch.Generator().manual_seed(t)) for t in range(2)])
+    xs, ys = torch.randn(4, 2, 5, 4, dtype=torch.float64), torch.randint(0, 3, (4, 2, 5))
+    lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    sgd = F.SGD(lr=lr, momentum=0.9)
+    seen = []
+
+    def record(theta, grad, update, state):
+        seen.append((grad, update.detach()))
+        return update.new_zeros(())
+
+    start = Trajectory(params, sgd.init(params))
+    end, losses, _ = unroll_truncation(sgd, optimizee, start, xs, ys, record)
+
+    for task in range(2):
+        param = params[task].clone().requires_grad_()
+        reference = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+        for x, y in zip(xs[:, task], ys[:, task], strict=True):
+            reference.zero_grad()
+            optimizee.functional_loss(param, x, y).backward()
+            reference.step()
+        torch.testing.assert_close(end.params[task].detach(), param.detach(), rtol=1e-12, atol=1e-14)
+    (meta_grad,) = torch.autograd.grad(meta_objective(losses, "sum"), lr)
+    moved = torch.cumsum(torch.stack([u for _, u in seen]), 0) - torch.stack([u for _, u in seen])
+    expected = (torch.stack([g for g, _ in seen]) * moved).sum((0, 2)).mean() / lr.detach()
+    torch.testing.assert_close(meta_grad, expected)
+    assert end.params.grad_fn is not None and end.detach().params.grad_fn is None

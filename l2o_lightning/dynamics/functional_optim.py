@@ -55,6 +55,12 @@ def state_entries(state: Any) -> dict[str, Any]:
     return {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
 
 
+def detach_state(state: Any) -> Any:
+    """The same state with every tensor cut from the autograd graph (a truncation boundary)."""
+    entries = state_entries(state)
+    return type(state)(**{name: v.detach() if isinstance(v, Tensor) else v for name, v in entries.items()})
+
+
 @dataclass
 class SGDState:
     """``momentum_buffer``: the heavy-ball buffer ``b``; ``None`` before the first step and
