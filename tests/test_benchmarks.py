@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # real training runs
 SCRIPTS = sorted((REPO / "benchmarks").glob("bench_*.py"))
 # a line each script prints only after its last measurement
 LAST_LINE = {
-    "bench_meta": "peak RSS of this process",
+    "bench_meta": "both cores, wall clock",
     "bench_scale": "resumed from checkpoint of meta-step",
     "bench_probes": "(whole loader)",
 }
