@@ -15,7 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from l2o_lightning.runs import HISTOGRAM_STEPS, Run, aggregate, histogram_optimizee, select  # noqa: E402
+from l2o_lightning.runs import Run, aggregate, histogram_optimizee, select  # noqa: E402
+from l2o_lightning.steps import HISTOGRAM_STEPS, logged_step, optimizee_step  # noqa: E402
 
 DPI = 150
 NO_DATA = "no data"
@@ -45,14 +46,16 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def _band(ax: plt.Axes, runs: list[Run], optimizee: str, optimizer: str, tag: str, smooth: int) -> None:
-    """Seed mean +- std of ``tag`` for one optimizer, each a ``smooth``-step moving average."""
+    """Seed mean +- std of ``tag`` for one optimizer, each a ``smooth``-step moving average, over
+    the 1-based optimizee steps (the paper's x-axis; logged at ``global_step = k - 1``)."""
     agg = aggregate(select(runs, optimizee, optimizer), tag)
     if agg is None:
         return
     style = _style(optimizer)
     mean, std = moving_average(agg.mean, smooth), moving_average(agg.std, smooth)
-    ax.plot(agg.steps, mean, **style)
-    ax.fill_between(agg.steps, mean - std, mean + std, color=style["color"], alpha=0.2)
+    steps = optimizee_step(agg.steps)
+    ax.plot(steps, mean, **style)
+    ax.fill_between(steps, mean - std, mean + std, color=style["color"], alpha=0.2)
 
 
 def _say_no_data(ax: plt.Axes) -> None:
@@ -142,7 +145,7 @@ def magnitude_fractions(edges: np.ndarray, counts: np.ndarray) -> tuple[np.ndarr
 
 def fig_histograms(runs: list[Run]) -> plt.Figure:
     """The first seed's ``|u|`` histograms of the first layer's weights at the paper's steps
-    (:data:`~l2o_lightning.runs.HISTOGRAM_STEPS`, a panel each, in a grid, one legend) on
+    (:data:`~l2o_lightning.steps.HISTOGRAM_STEPS`, a panel each, in a grid, one legend) on
     :func:`~l2o_lightning.runs.histogram_optimizee`; a panel notes per optimizer how many zeros
     its log axis leaves out (:func:`magnitude_fractions`)."""
     order = ("l2o", "lion", "adam", "sgd")
@@ -154,9 +157,9 @@ def fig_histograms(runs: list[Run]) -> plt.Figure:
     for optimizer in _present(runs, optimizee, order):
         per_step = select(runs, optimizee, optimizer)[0].histograms("update_hist/linears.0.weight")
         for ax, step in zip(axes, HISTOGRAM_STEPS, strict=True):
-            if step - 1 not in per_step:  # logged at global_step = step - 1
+            if logged_step(step) not in per_step:
                 continue
-            edges, fractions, left_out = magnitude_fractions(*per_step[step - 1])
+            edges, fractions, left_out = magnitude_fractions(*per_step[logged_step(step)])
             if len(fractions):  # a step line: each bucket's fraction from its left edge to the next
                 ax.step(edges, np.append(fractions, fractions[-1]), where="post", **_style(optimizer))
             if left_out:

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from l2o_lightning.runs import (
-    HISTOGRAM_STEPS,
     Aggregate,
     Run,
     Stat,
@@ -30,16 +29,17 @@ from l2o_lightning.runs import (
     seed_stat,
     select,
 )
+from l2o_lightning.steps import HISTOGRAM_STEPS, logged_step, optimizee_step
 
 BASELINES = ("sgd", "adam", "lion")
 REGULARIZED = {"l2o": 0.0, "l2o_reg_0.1": 0.1, "l2o_reg_0.5": 0.5, "l2o_reg_1": 1.0}  # label -> beta
 NAMES = {"l2o": "L2O", "sgd": "SGD", "adam": "Adam", "lion": "Lion"}
-# Windows of 0-based step indices (the logged global_step): the paper's 1-based step k is index k - 1.
-STEPS_1_10 = (0, 9)
-STEPS_1_100 = (0, 99)
-STEPS_91_100 = (90, 99)
-STEPS_1_200 = (0, 199)
-STEPS_1_1000 = (0, 999)
+# Windows of the paper's 1-based steps first..last, as the logged global_steps (l2o_lightning.steps)
+STEPS_1_10 = (logged_step(1), logged_step(10))
+STEPS_1_100 = (logged_step(1), logged_step(100))
+STEPS_91_100 = (logged_step(91), logged_step(100))
+STEPS_1_200 = (logged_step(1), logged_step(200))
+STEPS_1_1000 = (logged_step(1), logged_step(1000))
 TREND_BLOCKS = 10  # "grows steadily" is judged on the means of 10 consecutive blocks of the window
 
 # Thresholds of the verdicts (each claim's function states how it uses them).
@@ -54,9 +54,9 @@ ROUGHLY_EQUAL = 3.0  # "Adam ~ SGD": within a factor of 3 of each other
 
 SUMMARY_COLUMNS: dict[str, tuple[str, Callable[[Aggregate], float]]] = {
     "loss_mean_1_200": ("train/loss", lambda a: a.window_mean(*STEPS_1_200)),
-    "loss_at_50": ("train/loss", lambda a: a.at(49)),
-    "loss_at_100": ("train/loss", lambda a: a.at(99)),
-    "loss_at_200": ("train/loss", lambda a: a.at(199)),
+    "loss_at_50": ("train/loss", lambda a: a.at(logged_step(50))),
+    "loss_at_100": ("train/loss", lambda a: a.at(logged_step(100))),
+    "loss_at_200": ("train/loss", lambda a: a.at(logged_step(200))),
     "rescale_dev_1_100": ("symmetry/rescale/update/abs_sum", lambda a: a.window_mean(*STEPS_1_100)),
     "scale_dev_1_100": ("symmetry/scale/update/abs_sum", lambda a: a.window_mean(*STEPS_1_100)),
     "translation_dev_1_100": ("symmetry/translation/update/abs_sum", lambda a: a.window_mean(*STEPS_1_100)),
@@ -81,7 +81,7 @@ def summarize(runs: list[Run]) -> list[dict[str, object]]:
     return rows
 
 
-# Per-run reductions of one series (steps: 0-based indices, values): NaN when undefined.
+# Per-run reductions of one series (steps: the logged global_steps, values): NaN when undefined.
 
 
 def _window(steps: np.ndarray, values: np.ndarray, window: tuple[int, int]) -> np.ndarray:
@@ -118,7 +118,7 @@ def jump_fraction(steps: np.ndarray, values: np.ndarray) -> float:
 def peak_step(steps: np.ndarray, values: np.ndarray) -> float:
     """The paper's (1-based) step of the max over steps 1-100 (NaN when none logged)."""
     mask = (steps >= STEPS_1_100[0]) & (steps <= STEPS_1_100[1])
-    return float(steps[mask][values[mask].argmax()] + 1) if mask.any() else float("nan")
+    return float(optimizee_step(steps[mask][values[mask].argmax()])) if mask.any() else float("nan")
 
 
 def late_over_peak(steps: np.ndarray, values: np.ndarray) -> float:
@@ -151,9 +151,9 @@ def update_sizes(cell: list[Run]) -> dict[int, Stat]:
     paper's :data:`HISTOGRAM_STEPS` that some seed logged: ``paper step -> Stat`` over seeds."""
     per_run = [run.pooled_histogram_mean("update_hist/") for run in cell]
     return {
-        step: Stat.of(sizes[step - 1] for sizes in per_run if step - 1 in sizes)
+        step: Stat.of(sizes[logged_step(step)] for sizes in per_run if logged_step(step) in sizes)
         for step in HISTOGRAM_STEPS
-        if any(step - 1 in sizes for sizes in per_run)
+        if any(logged_step(step) in sizes for sizes in per_run)
     }
 
 

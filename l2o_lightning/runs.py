@@ -17,7 +17,6 @@ LAYOUT = "<optimizee>/<optimizer>/seed<k>"
 SEED_DIR = re.compile(r"seed\d+")
 STUDY_SUBDIR = "logs"  # l2o-reproduce --out OUT logs its runs under OUT/logs
 EXAMPLES_SHOWN = 3  # misplaced folders named in a layout error
-HISTOGRAM_STEPS = (1, 5, 10, 30, 100, 500)  # the paper's update histograms (Fig. 9), 1-based steps
 
 
 class StudyLayoutError(ValueError):
@@ -205,6 +204,6 @@ def select(runs: Iterable[Run], optimizee: str, optimizer: str) -> list[Run]:
 
 
 def histogram_optimizee(runs: list[Run]) -> str:
-    """The optimizee of the paper's update histograms (Fig. 9, :data:`HISTOGRAM_STEPS`):
+    """The optimizee of the paper's update histograms (Fig. 9, :data:`~l2o_lightning.steps.HISTOGRAM_STEPS`):
     ``sigmoid`` when the study has sigmoid L2O runs, else ``leaky_relu``."""
     return "sigmoid" if select(runs, "sigmoid", "l2o") else "leaky_relu"

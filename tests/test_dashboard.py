@@ -67,7 +67,7 @@ def test_tensorboard_serves_the_documented_tags_with_the_logged_values(run_cli, 
         served = fetch(port, "/data/plugin/scalars/scalars", run=run, tag="tail_index/update")
         logged = read_scalars(run_dir)["tail_index/update"]
         assert [(step, pytest.approx(value, rel=1e-6)) for _, step, value in served] == logged
-        assert len(logged) == 2  # steps 0 and 10 of a 20-step run
+        assert [step for step, _ in logged] == [0, 9, 19]  # k = 1, 10, 20 of a 20-step run, at k - 1
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

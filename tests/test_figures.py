@@ -15,7 +15,8 @@ from l2o_lightning.report import build_report
 from l2o_lightning.report import main as report_main
 from l2o_lightning.reproduce import GRID, PRESETS
 from l2o_lightning.reproduce import report as reproduce_report
-from l2o_lightning.runs import HISTOGRAM_STEPS, discover_runs
+from l2o_lightning.runs import discover_runs
+from l2o_lightning.steps import HISTOGRAM_STEPS
 
 HIST_TAG = "update_hist/linears.0.weight"
 # optimizer -> global_step -> (edges: the smallest value, then the buckets' right edges; counts)

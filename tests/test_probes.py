@@ -1,6 +1,7 @@
 """Probes on real MNIST runs: every documented tag is written, and training is unchanged."""
 
 import math
+from collections import defaultdict
 from functools import partial
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lion_pytorch import Lion
+from subprocess_helpers import callbacks_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from l2o_lightning.callbacks import CovarianceProbe, SymmetryProbe, TailIndexProbe, UpdateStatsProbe
@@ -23,11 +25,15 @@ from l2o_lightning.learned import LSTMOptimizerNet
 from l2o_lightning.optim import L2O, LionSGD
 from l2o_lightning.optimizee_module import OptimizeeModule
 from l2o_lightning.optimizees import MLP
-from l2o_lightning.tb import read_scalars
+from l2o_lightning.tb import read_scalars, summary_values
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 30
-PROBED_STEPS = [0, 10, 20]  # every_n_steps = 10 in configs/probes/all.yaml (but symmetry: 1)
+STEPS = 35
+# every_n_steps = 10 (configs/probes/all.yaml, but symmetry: 1): the 1-based steps k = 1, 10, 20, 30,
+# logged at global_step = k - 1
+PROBED_STEPS = [0, 9, 19, 29]
+# and the histograms at the paper's steps 1, 5, 10, 30 (of 1, 5, 10, 30, 100, 500)
+PROBED_HISTOGRAM_STEPS = [0, 4, 9, 19, 29]
 SCALAR_TAGS = (
     [f"symmetry/{kind}/{source}/{stat}" for kind in ("rescale", "scale", "translation")
      for source in ("update", "grad") for stat in ("abs_sum", "sum_abs", "normalized")]
@@ -73,8 +79,7 @@ def test_all_probes_write_every_documented_tag(probed_run):
     expected = {f"{kind}_hist/{name}" for kind in ("update", "grad") for name in BN_RELU_PARAMS}
     assert set(accumulator.Tags()["histograms"]) == expected
     events = accumulator.Histograms("update_hist/linears.0.weight")
-    # every probed step, plus the paper's Fig. 9 steps 1, 5, 10, 30 at global_step = step - 1
-    assert [event.step for event in events] == sorted({*PROBED_STEPS, 0, 4, 9, 29})
+    assert [event.step for event in events] == PROBED_HISTOGRAM_STEPS
     # |update| bins are log-spaced (a log-x plot resolves magnitudes) and hold every weight
     histogram = events[1].histogram_value
     limits = torch.tensor(histogram.bucket_limit, dtype=torch.float64)[1:]  # after the zeros bucket
@@ -192,13 +197,66 @@ def test_probes_follow_the_trajectory_during_meta_training(run_cli, tmp_path):
     # x = meta-training's running optimizee step: 2 trajectories x 20 steps
     assert [s for s, _ in scalars["symmetry/rescale/update/abs_sum"]] == list(range(40))
     for tag in ("update/norm", "tail_index/grad", "tail_index/update", "covariance/top_eig"):
-        assert [s for s, _ in scalars[tag]] == [0, 10, 20, 30]
+        assert [s for s, _ in scalars[tag]] == [0, 9, 19, 29, 39]  # k = 1, 10, 20, 30, 40
     # the LSTM's steps break the rescale symmetry, the gradient obeys it
     assert min(v for _, v in scalars["symmetry/rescale/update/normalized"]) > 1e-4
     assert max(v for _, v in scalars["symmetry/rescale/grad/normalized"]) < 1e-5
     # minibatch gradient noise is lighter-tailed than Cauchy; the LSTM's update noise is not zero
     assert all(1 < v <= 2 for _, v in scalars["tail_index/grad"])
     assert all(v > 0 for _, v in scalars["covariance/top_eig"])
+
+
+# every probe at every_n_steps = 10 (the noise probes over pools of 2 minibatches)
+EVERY_10 = [{"class_path": f"l2o_lightning.callbacks.{name}", "init_args": {"every_n_steps": 10, **pool}}
+            for name, pool in (("SymmetryProbe", {}), ("UpdateStatsProbe", {}),
+                               ("TailIndexProbe", {"num_units": 2}), ("CovarianceProbe", {"num_units": 2}))]
+PROBE_PREFIXES = ("symmetry/", "tail_index/", "covariance/", "update/", "update_hist/", "grad_hist/")
+
+
+def probe_steps(run_dir: Path) -> dict[str, list[int]]:
+    """``tag -> steps`` of every probe tag (scalar or histogram) in a run's event files, as written."""
+    steps = defaultdict(list)
+    for step, value in summary_values(run_dir):
+        if value.tag.startswith(PROBE_PREFIXES):
+            steps[value.tag].append(step)
+    return dict(steps)
+
+
+def expected_probe_steps(kinds: tuple[str, ...], params: list[str]) -> dict[str, list[int]]:
+    """Every probe tag of an optimizee with symmetry ``kinds`` and parameters ``params`` -> its
+    steps over 35 optimizee steps at every_n_steps = 10: the 1-based steps k = 1, 10, 20, 30,
+    logged at global_step = k - 1, and for the histograms also the paper's k = 5."""
+    scalars = [f"symmetry/{kind}/{source}/{stat}" for kind in kinds for source in ("update", "grad")
+               for stat in ("abs_sum", "sum_abs", "normalized")]
+    scalars += ["tail_index/grad", "tail_index/update", "covariance/top_eig", "covariance/trace",
+                "update/abs_mean", "update/abs_max", "update/norm"]
+    histograms = [f"{kind}_hist/{name}" for kind in ("update", "grad") for name in params]
+    return {**{tag: [0, 9, 19, 29] for tag in scalars}, **{tag: [0, 4, 9, 19, 29] for tag in histograms}}
+
+
+@pytest.mark.slow
+def test_every_probe_logs_at_steps_1_and_every_10_of_a_meta_test(run_cli, tmp_path):
+    config = callbacks_config(tmp_path / "probes.yaml", EVERY_10, append=True)
+    run_cli("fit", "-c", "configs/meta_test/bn_relu.yaml", "-c", "configs/optimizers/adam.yaml",
+            "-c", str(config), "--trainer.max_steps", "35")
+    (run_dir,) = (tmp_path / "logs").glob("**/version_*")
+    assert probe_steps(run_dir) == expected_probe_steps(("rescale", "scale", "translation"), BN_RELU_PARAMS)
+    # x = global_step before the update: the step of that batch's train/loss
+    assert [step for step, _ in read_scalars(run_dir)["train/loss"]] == list(range(35))
+
+
+@pytest.mark.slow
+def test_every_probe_logs_at_positions_1_and_every_10_of_meta_training(run_cli, tmp_path):
+    config = callbacks_config(tmp_path / "probes.yaml", EVERY_10, append=True)
+    run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", "-c", str(config),
+            "--model.init_args.n_iters", "35", "--model.init_args.unroll", "5",
+            "--data.batches_per_step", "5", "--model.init_args.trajectories", "1",
+            "--trainer.limit_val_batches", "0")
+    run_dir = tmp_path / "logs" / "meta_train" / "leaky_relu" / "version_0"
+    params = [f"linears.{layer}.{kind}" for layer in (0, 1) for kind in ("weight", "bias")]
+    # x = meta-training's running optimizee step (position): one trajectory of 7 truncations of 5
+    assert probe_steps(run_dir) == expected_probe_steps(("rescale", "translation"), params)
+    assert [step for step, _ in read_scalars(run_dir)["meta/loss"]] == list(range(7))
 
 
 class PublishedSteps(L.Callback):

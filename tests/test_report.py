@@ -75,8 +75,9 @@ def test_report_writes_every_figure_and_summary_numbers_match_event_files(study,
 def test_update_sizes_from_the_histograms_equal_the_logged_abs_mean(study):
     for run in discover_runs(study):
         pooled = run.pooled_histogram_mean("update_hist/")
-        assert {0, 4, 9, 29} <= set(pooled)  # the paper's histogram steps 1, 5, 10, 30 within 30 steps
+        # every_n_steps 10: k = 1, 10, 20, 30; histograms also at the paper's k = 5 (global_step k - 1)
+        assert sorted(pooled) == [0, 4, 9, 19, 29]
         logged = dict(_direct(run.path, "update/abs_mean"))
-        assert sorted(logged) == [0, 10, 20]
+        assert sorted(logged) == [0, 9, 19, 29]
         for step, value in logged.items():
             assert pooled[step] == pytest.approx(value, rel=1e-6)

@@ -56,7 +56,6 @@ def test_a_shortened_meta_test_still_evaluates_the_test_split_at_its_end(run_cli
     assert [step for step, _ in scalars["test/loss"]] == [19, 29]
 
 
-
 class Interrupted(Exception):
     """Ends a run as a crash would: after its checkpoints so far, before the next one."""
 

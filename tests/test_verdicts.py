@@ -258,7 +258,8 @@ def join(*parts):
     return [x for p in parts for x in p[0]], [y for p in parts for y in p[1]]
 
 
-PROBED = range(0, 1000, 10)
+# the probes' steps at every_n_steps = 10: k = 1, 10, 20, ..., 1000, logged at global_step = k - 1
+PROBED = [k - 1 for k in (1, *range(10, 1001, 10))]
 
 
 def leaky_relu_cell(optimizer):
@@ -329,6 +330,32 @@ def test_claim7_reads_the_l2os_loss_over_steps_1_to_200(synthetic_study, tmp_pat
 def test_update_sizes_pool_every_parameter_at_the_papers_histogram_steps(synthetic_study):
     l2o = report.update_sizes(select(discover_runs(synthetic_study), "leaky_relu", "l2o"))
     assert {k: v.mean for k, v in l2o.items()} == pytest.approx({1: 0.2, 5: 0.1, 100: 0.06})
+
+
+def test_the_report_reads_the_papers_1_based_steps_at_global_step_k_minus_1(tmp_path):
+    """A run logged as the probes log it, each value its 1-based step k (logged at k - 1):
+    train/loss every step, probes at k = 1, 10, ..., 1000, histograms at k = 1, 5, 10, 30, 100, 500."""
+    every_step = range(1000)
+    write_run(tmp_path / "leaky_relu" / "adam" / "seed0",
+              {"train/loss": (every_step, [s + 1.0 for s in every_step]),
+               **{tag: (PROBED, [s + 1.0 for s in PROBED])
+                  for tag in ("symmetry/rescale/update/abs_sum", "update/norm")}},
+              size_histograms({k: float(k) for k in (1, 5, 10, 30, 100, 500)}))
+    runs = discover_runs(tmp_path)
+    (row,) = report.summarize(runs)
+    assert (row["loss_at_50"], row["loss_at_100"], row["loss_at_200"]) == (50, 100, 200)
+    assert row["loss_mean_1_200"] == pytest.approx(100.5)  # mean of k = 1 ... 200
+    assert row["rescale_dev_1_100"] == pytest.approx((1 + sum(range(10, 101, 10))) / 11)  # k = 1, 10, .., 100
+    assert row["update_norm_1_10"] == pytest.approx(5.5)  # k = 1 and 10
+    steps, values = runs[0].series("symmetry/rescale/update/abs_sum")
+    assert report.peak_step(steps, values) == 100
+    assert report.window_mean(steps, values, report.STEPS_91_100) == 100  # k = 100 alone
+    assert report.window_mean(steps, values, report.STEPS_1_10) == 5.5
+    sizes = report.update_sizes(runs)
+    assert {k: v.mean for k, v in sizes.items()} == pytest.approx({k: k for k in (1, 5, 10, 30, 100, 500)})
+    (line,) = figures.fig1_symmetry(runs).axes[0].lines  # the figures' x-axis: k
+    np.testing.assert_array_equal(line.get_xdata()[:3], [1, 10, 20])
+    assert line.get_xdata()[-1] == 1000
 
 
 def test_claim6_reads_the_sigmoid_runs_when_there_are_some(synthetic_study, tmp_path):
@@ -467,7 +494,7 @@ def test_figure_lines_are_the_seed_means(synthetic_study):
         assert set(drawn) == present & set(report.NAMES)
         for optimizer, line in drawn.items():
             agg = aggregate(select(runs, optimizee, optimizer), tag)
-            np.testing.assert_array_equal(line.get_xdata(), agg.steps)
+            np.testing.assert_array_equal(line.get_xdata(), agg.steps + 1)  # at k = global_step + 1
             np.testing.assert_allclose(line.get_ydata(), agg.mean)
         assert not has_no_data_text(ax)
     loss = lines_by_label(figures.fig2_regularization(runs).axes[0])

@@ -1,6 +1,8 @@
 """Training-dynamics probes as Lightning callbacks (thin glue over
-:mod:`l2o_lightning.dynamics`). TensorBoard tags; x = the optimizee step probed (its
-``global_step`` before the update, the step ``train/loss`` of that batch is logged at):
+:mod:`l2o_lightning.dynamics`). Each fires at the 1-based optimizee steps k = 1 and every
+multiple of its ``every_n_steps`` (:mod:`l2o_lightning.steps`). TensorBoard tags; x = the
+optimizee step probed as its ``global_step`` before the update, k - 1 (the step ``train/loss``
+of that batch is logged at):
 
 - ``symmetry/{rescale,scale,translation}/{update,grad}/{abs_sum,sum_abs,normalized}``
 - ``tail_index/{grad,update}``

@@ -3,7 +3,9 @@
 A probe reads the optimizee as ``pl_module.optimizee`` (an :class:`~l2o_lightning.optimizees.MLP`)
 and the optimizer as ``trainer.optimizers[0]``, logs to the run's TensorBoard logger at
 x = the optimizee step being taken (``trainer.global_step`` before it), and never perturbs
-training: it only reads detached copies and draws no random numbers.
+training: it only reads detached copies and draws no random numbers. It fires at the 1-based
+optimizee steps 1 and every multiple of ``every_n_steps`` (:func:`~l2o_lightning.steps.probe_due`,
+the convention of :mod:`l2o_lightning.steps`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from l2o_lightning.dynamics.update_rules import optimizer_params, updates
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.optimizee_steps import OptimizeeStep, RowUpdates
 from l2o_lightning.optimizees import MLP
+from l2o_lightning.steps import probe_due
 
 
 def optimizee_of(pl_module: L.LightningModule) -> MLP:
@@ -59,10 +62,12 @@ def optimizer_index(optimizer: Optimizer, model: MLP) -> Tensor | slice:
 
 
 class Probe(L.Callback):
-    """Base of the probes: runs every ``every_n_steps`` optimizee steps, logs to TensorBoard.
+    """Base of the probes: runs at optimizee step 1 and every ``every_n_steps`` (1-based), logs
+    to TensorBoard at the step's ``global_step``.
 
     Args:
-        every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
+        every_n_steps: probe the 1-based optimizee steps 1 and every multiple of this
+            (:func:`~l2o_lightning.steps.probe_due`).
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
@@ -93,8 +98,9 @@ class Probe(L.Callback):
         return self.due_at(trainer.global_step)
 
     def due_at(self, step: int) -> bool:
-        """Whether optimizee step ``step`` is probed."""
-        return self._logger is not None and step % self.every_n_steps == 0
+        """Whether the optimizee step logged at ``step`` (its 0-based ``global_step``, or
+        meta-training's position) is probed."""
+        return self._logger is not None and probe_due(step, self.every_n_steps)
 
     def log_scalars(self, scalars: Mapping[str, Tensor | float], step: int) -> None:
         self._logger.log_metrics({tag: float(value) for tag, value in scalars.items()}, step=step)
@@ -193,7 +199,7 @@ class NoiseProbe(Probe):
     computation at a step, whatever their ``reference``.
 
     Args:
-        every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
+        every_n_steps: probe the 1-based optimizee steps 1 and every multiple of this.
         num_units: ``M``, units in the pool, drawn at random without overlap; ``"all"``: the
             whole training split in the order of one pass of a shuffling ``DataLoader`` with
             the training batch size (:func:`l2o_lightning.data.loader_pass`; MNIST, 128: 469

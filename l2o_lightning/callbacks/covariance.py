@@ -14,7 +14,7 @@ class CovarianceProbe(NoiseProbe):
     (20 % of the training loader), ``reference: mean_update``.
 
     Args:
-        every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
+        every_n_steps: probe the 1-based optimizee steps 1 and every multiple of this.
         num_units: ``M``, units in the pool, or ``all`` (every minibatch of one loader pass).
         unit: ``batch`` (a training-size minibatch) or ``sample``.
         seed: seed of the pool.

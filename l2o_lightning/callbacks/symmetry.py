@@ -18,7 +18,7 @@ class SymmetryProbe(AppliedUpdateProbe):
     update ``u`` and ``v = g`` for the batch gradient (~0: a correctness check).
 
     Args:
-        every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
+        every_n_steps: probe the 1-based optimizee steps 1 and every multiple of this.
     """
 
     def observe(self, step: int, model: MLP, theta: Tensor, grad: Tensor, update: Tensor) -> None:

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from l2o_lightning.callbacks.base import AppliedUpdateProbe
 from l2o_lightning.optimizees import MLP
+from l2o_lightning.steps import HISTOGRAM_STEPS, probe_due
 
 HISTOGRAM_BINS = 64
 
@@ -37,24 +38,22 @@ class UpdateStatsProbe(AppliedUpdateProbe):
     and ``grad_hist/<param>`` of the gradient (equal-width bins), ``HISTOGRAM_BINS`` each.
 
     Args:
-        every_n_steps: probe the steps whose ``global_step`` is a multiple of this.
+        every_n_steps: the scalars and histograms at the 1-based optimizee steps 1 and every
+            multiple of this (:func:`~l2o_lightning.steps.probe_due`).
         histogram_steps: 1-based optimizee steps that also get histograms (the paper's
-            Fig. 9: 1, 5, 10, 30, 100, 500), logged at ``global_step = step - 1``.
+            Fig. 9: :data:`~l2o_lightning.steps.HISTOGRAM_STEPS`), logged at ``global_step = k - 1``.
     """
 
-    def __init__(
-        self, every_n_steps: int = 10, histogram_steps: list[int] = [1, 5, 10, 30, 100, 500]  # noqa: B006
-    ) -> None:
+    def __init__(self, every_n_steps: int = 10, histogram_steps: tuple[int, ...] = HISTOGRAM_STEPS) -> None:
         super().__init__(every_n_steps)
         self.histogram_steps = frozenset(histogram_steps)
 
     def due_at(self, step: int) -> bool:
-        paper_step = self._logger is not None and step + 1 in self.histogram_steps
-        return super().due_at(step) or paper_step
+        return self._logger is not None and probe_due(step, self.every_n_steps, self.histogram_steps)
 
     def observe(self, step: int, model: MLP, theta: Tensor, grad: Tensor, update: Tensor) -> None:
         size, grad = update.abs().cpu(), grad.cpu()  # torch.histogram runs on the CPU
-        if step % self.every_n_steps == 0:
+        if probe_due(step, self.every_n_steps):
             self.log_scalars(
                 {"update/abs_mean": size.mean(), "update/abs_max": size.max(), "update/norm": update.norm()},
                 step,
