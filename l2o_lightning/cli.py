@@ -243,7 +243,8 @@ def optimizee_name(hidden: list[int], activation: str, batchnorm: bool) -> str:
 def _fill_run_name(config) -> None:
     """Fill the placeholders of a TensorBoard logger's ``name``: ``{optimizee}``
     (:func:`optimizee_name` of the model's settings), ``{optimizer}`` (the optimizer's class
-    name, lower case) and ``{config}`` (the last ``-c`` file as ``<folder>/<stem>``)."""
+    name, lower case) and ``{config}`` (the config the run starts from, the first ``-c`` file, as
+    ``<folder>/<stem>``: files given after it, e.g. probes or overrides, do not rename the run)."""
     logger = config.get("trainer", {}).get("logger")
     init_args = logger.get("init_args") if hasattr(logger, "get") else None
     name = init_args.get("name") if hasattr(init_args, "get") else None
@@ -256,7 +257,7 @@ def _fill_run_name(config) -> None:
         "optimizee": optimizee_name(model.get("hidden", [20]), model.get("activation", "leaky_relu"),
                                     model.get("batchnorm", False)),
         "optimizer": str(optimizer.get("class_path", "none")).rsplit(".", 1)[-1].lower(),
-        "config": f"{files[-1].parent.name}/{files[-1].stem}" if files else "none",
+        "config": f"{files[0].parent.name}/{files[0].stem}" if files else "none",
     }
     try:
         init_args["name"] = name.format(**fields)

@@ -1,5 +1,6 @@
-"""Every shipped YAML in configs/ instantiates and runs a few steps, and mutating any of its
-keys or values (typos, wrong types, negative sizes, unknown classes) ends in one clean error."""
+"""Every shipped YAML in configs/ resolves (with the base/ files it names) to its recorded
+settings, instantiates and runs a few steps, and mutating any of its keys or values (typos,
+wrong types, negative sizes, unknown classes) ends in one clean error."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from l2o_lightning.cli import main
+from l2o_lightning.cli import _fill_run_name, main
 from l2o_lightning.tb import read_scalars
 
 CONFIGS = REPO / "configs"
@@ -33,8 +34,7 @@ FREE_TEXT = {"name", "save_dir", "filename", "monitor"}  # any string is a valid
 
 
 def composition(config: Path, checkpoint: Path) -> tuple[list[str], dict]:
-    """The configs run before ``config`` (it is the last ``-c``) and the short-run settings
-    merged into it."""
+    """The configs run before ``config`` and the short-run settings given after it."""
     group = config.parent.name
     if group == "meta_test":
         sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
@@ -57,10 +57,21 @@ def merged(base: dict, extra: dict) -> dict:
     return out
 
 
-def short_version(config: Path, short: dict, folder: Path) -> Path:
-    """``config`` with the short-run settings merged in, written to ``folder``."""
-    path = folder / config.name
-    path.write_text(yaml.safe_dump(merged(yaml.safe_load(config.read_text()), short)))
+def expanded(tree: object, folder: Path) -> object:
+    """A config's YAML tree with every nested config path (a ``.yaml`` string, such as
+    ``trainer: base/trainer.yaml``, relative to ``folder``) replaced by that file's expanded tree."""
+    if isinstance(tree, str) and tree.endswith(".yaml"):
+        path = folder / tree
+        return expanded(yaml.safe_load(path.read_text()), path.parent)
+    if isinstance(tree, dict):
+        return {key: expanded(value, folder) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [expanded(item, folder) for item in tree]
+    return tree
+
+
+def written(tree: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(tree))
     return path
 
 
@@ -77,12 +88,123 @@ def tiny_checkpoint(mnist_dir, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
         patch.setattr("sys.argv", ["l2o"])
-        config = short_version(CONFIGS / "meta_train" / "leaky_relu.yaml", SHORT_META_TRAIN, logs)
-        run([config], logs, "--trainer.limit_val_batches", "0")
+        short = written(SHORT_META_TRAIN, logs / "short.yaml")
+        run(["configs/meta_train/leaky_relu.yaml", short], logs, "--trainer.limit_val_batches", "0")
     return logs / "logs" / "meta_train" / "leaky_relu" / "version_0" / "checkpoints" / "last.ckpt"
 
 
 SHIPPED = sorted(CONFIGS.glob("*/*.yaml"))
+
+# what configs/meta_train/*.yaml and configs/meta_test/*.yaml (with base/) resolve to, besides the
+# defaults of the classes they name; per config: its model's own settings and the run's name
+TRAINING = {
+    "seed_everything": 0,
+    "model": {"class_path": "l2o_lightning.meta.MetaTrainModule", "init_args": {
+        "hidden": [20], "hidden_size": 20, "num_layers": 2, "preproc_p": 10.0, "out_mult": 0.1, "unroll": 20,
+        "n_iters": 200, "tasks_per_step": 1, "meta_loss": "sum", "grad_clip": None, "trajectories": 200,
+        "max_diverged_in_a_row": 5, "eval_tasks": 5, "val_n_iters": 200, "test_n_iters": 1000,
+        "compile": False,
+    }},
+    "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.003}},
+    "data": {"batch_size": 128, "batches_per_step": 20, "normalize": True, "order": "reshuffle"},
+    "trainer": {
+        "max_steps": -1, "max_epochs": -1, "val_check_interval": 100, "check_val_every_n_epoch": None,
+        "num_sanity_val_steps": 0, "log_every_n_steps": 1, "enable_model_summary": False,
+        "logger": {"class_path": "l2o_lightning.loggers.ResumingTensorBoardLogger",
+                   "init_args": {"save_dir": "lightning_logs"}},
+        "callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
+                "monitor": "val/mean_loss", "mode": "min", "save_last": True, "filename": "best-step{step}",
+                "auto_insert_metric_name": False, "enable_version_counter": False}},
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
+                "every_n_train_steps": 10, "save_top_k": 0, "save_last": True,
+                "enable_version_counter": False}},
+        ],
+    },
+}
+TESTING = {
+    "seed_everything": 0,
+    "model": {"class_path": "l2o_lightning.optimizee_module.OptimizeeModule",
+              "init_args": {"hidden": [20], "track_running_stats": False}},
+    "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.03}},  # optimizers/adam.yaml
+    "data": {"batch_size": 128, "batches_per_step": 1, "normalize": True, "order": "reshuffle"},
+    "trainer": {
+        "max_steps": 1000, "val_check_interval": 250, "check_val_every_n_epoch": None, "log_every_n_steps": 1,
+        "enable_checkpointing": False, "enable_model_summary": False, "callbacks": None,
+        "logger": {"class_path": "l2o_lightning.loggers.ResumingTensorBoardLogger",
+                   "init_args": {"save_dir": "lightning_logs", "default_hp_metric": False}},
+    },
+}
+LEAKY_RELU = {"activation": "leaky_relu", "batchnorm": False}
+BN_RELU = {"activation": "relu", "batchnorm": True}
+RESOLVED = {
+    "meta_train/leaky_relu": (TRAINING, {**LEAKY_RELU, "symmetry_reg": None}, "meta_train/leaky_relu"),
+    "meta_train/bn_relu": (TRAINING, {**BN_RELU, "symmetry_reg": None}, "meta_train/bn_relu"),
+    "meta_train/leaky_relu_reg": (
+        TRAINING, {**LEAKY_RELU, "symmetry_reg": {"beta": 0.1, "kinds": ["rescale"]}},
+        "meta_train/leaky_relu_reg"),
+    "meta_train/bn_relu_reg": (
+        TRAINING, {**BN_RELU, "symmetry_reg": {"beta": 0.1, "kinds": ["scale"]}}, "meta_train/bn_relu_reg"),
+    "meta_test/leaky_relu": (TESTING, LEAKY_RELU, "meta_test/leaky_relu/adam"),
+    "meta_test/bn_relu": (TESTING, BN_RELU, "meta_test/bn_relu/adam"),
+    "meta_test/sigmoid": (TESTING, {"activation": "sigmoid", "batchnorm": False}, "meta_test/sigmoid/adam"),
+}
+
+
+def resolved(capsys, *configs: str) -> dict:
+    """The settings of ``l2o fit -c CONFIG ...`` (its ``--print_config``), the run's name filled in."""
+    config_args = [arg for config in configs for arg in ("-c", config)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *config_args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    settings = yaml.safe_load(capsys.readouterr().out)
+    _fill_run_name({**settings, "config": list(configs)})
+    return settings
+
+
+def assert_holds(settings: object, expected: object, where: str = "") -> None:
+    """Every setting of ``expected`` (nested dicts, lists item by item) has its value in ``settings``."""
+    if isinstance(expected, dict):
+        for key, value in expected.items():
+            assert isinstance(settings, dict) and key in settings, f"{where}.{key} missing"
+            assert_holds(settings[key], value, f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(settings, list) and len(settings) == len(expected), f"{where}: {settings}"
+        for n, (item, value) in enumerate(zip(settings, expected, strict=True)):
+            assert_holds(item, value, f"{where}[{n}]")
+    else:
+        assert settings == expected, f"{where}: {settings!r}, expected {expected!r}"
+
+
+def test_every_meta_config_is_recorded():
+    groups = ("meta_train", "meta_test")
+    shipped = {f"{path.parent.name}/{path.stem}" for path in SHIPPED if path.parent.name in groups}
+    assert shipped == set(RESOLVED)
+
+
+@pytest.mark.parametrize("name", RESOLVED)
+def test_composed_configs_resolve_to_their_settings(name, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr("sys.argv", ["l2o"])
+    shared, model, run_name = RESOLVED[name]
+    optimizer = ["configs/optimizers/adam.yaml"] if name.startswith("meta_test/") else []
+    settings = resolved(capsys, f"configs/{name}.yaml", *optimizer)
+    assert_holds(settings, merged(shared, {"model": {"init_args": model}}))
+    assert settings["trainer"]["logger"]["init_args"]["name"] == run_name
+
+
+@pytest.mark.parametrize("name", ["meta_train/leaky_relu", "meta_test/leaky_relu"])
+def test_the_probes_add_to_a_composed_config_without_renaming_its_run(name, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr("sys.argv", ["l2o"])
+    optimizer = ["configs/optimizers/adam.yaml"] if name.startswith("meta_test/") else []
+    plain = resolved(capsys, f"configs/{name}.yaml", *optimizer)
+    probed = resolved(capsys, f"configs/{name}.yaml", *optimizer, "configs/probes/all.yaml")
+    probes = yaml.safe_load((CONFIGS / "probes" / "all.yaml").read_text())["trainer"]["callbacks+"]
+    callbacks = probed["trainer"].pop("callbacks")
+    assert [c["class_path"] for c in callbacks] == [
+        c["class_path"] for c in (plain["trainer"].pop("callbacks") or []) + probes]
+    assert probed == plain
 
 
 @pytest.mark.slow
@@ -91,7 +213,7 @@ def test_every_shipped_config_runs_a_few_steps(config, tiny_checkpoint, tmp_path
     monkeypatch.chdir(REPO)
     monkeypatch.setattr("sys.argv", ["l2o"])
     before, short = composition(config, tiny_checkpoint)
-    run([*before, short_version(config, short, tmp_path)], tmp_path)
+    run([*before, config, written(short, tmp_path / "short.yaml")], tmp_path)
     (run_dir,) = (tmp_path / "logs").glob("**/version_0")
     scalars = read_scalars(run_dir)
     if config.parent.name == "meta_train":
@@ -164,14 +286,13 @@ def test_every_mutated_key_and_value_ends_in_one_clean_error(tiny_checkpoint, tm
     seen, failures = set(), []
     for config in SHIPPED:
         before, short = composition(config, tiny_checkpoint)
-        original = yaml.safe_load(config.read_text())
+        original = expanded(yaml.safe_load(config.read_text()), config.parent)
         own = {path for path, _ in paths(original)}
         for description, mutated in mutations(merged(original, short), own):
             if description in seen:
                 continue
             seen.add(description)
-            target = tmp_path / f"mutated_{len(seen)}.yaml"
-            target.write_text(yaml.safe_dump(mutated))
+            target = written(mutated, tmp_path / f"mutated_{len(seen)}.yaml")
             try:
                 run([*before, target], tmp_path / target.stem)
                 code = 0
