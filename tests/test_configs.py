@@ -111,7 +111,7 @@ TRAINING = {
         "max_steps": -1, "max_epochs": -1, "val_check_interval": 100, "check_val_every_n_epoch": None,
         "num_sanity_val_steps": 0, "log_every_n_steps": 1, "enable_model_summary": False,
         "logger": {"class_path": "l2o_lightning.loggers.ResumingTensorBoardLogger",
-                   "init_args": {"save_dir": "lightning_logs"}},
+                   "init_args": {"save_dir": "lightning_logs", "default_hp_metric": False}},
         "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
                 "monitor": "val/mean_loss", "mode": "min", "save_last": True, "filename": "best-step{step}",
@@ -215,6 +215,8 @@ def test_every_shipped_config_runs_a_few_steps(config, tiny_checkpoint, tmp_path
     before, short = composition(config, tiny_checkpoint)
     run([*before, config, written(short, tmp_path / "short.yaml")], tmp_path)
     (run_dir,) = (tmp_path / "logs").glob("**/version_0")
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["trainer"]["logger"]["init_args"]["default_hp_metric"] is False  # as the run logged
     scalars = read_scalars(run_dir)
     if config.parent.name == "meta_train":
         assert len(scalars["meta/loss"]) == 2 and "val/mean_loss" in scalars
