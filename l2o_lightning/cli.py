@@ -30,8 +30,9 @@ from l2o_lightning.optimizee_module import OptimizeeModule
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CKPT_KEYWORDS = ("last", "best", "hpc")  # resolved by Lightning itself
-# data settings a resumed run may change: where the files lie and how the test split is batched
-DATA_FREE_ON_RESUME = ("data_dir", "download", "eval_batch_size")
+# data settings a resumed run may change: where the files lie, how the test split is batched, and
+# batches_per_step, which follows the model's settings (the data module checks a value given)
+DATA_FREE_ON_RESUME = ("data_dir", "download", "eval_batch_size", "batches_per_step")
 # Lightning's default logger (lightning_logs/version_<n>), resume-aware: a resumed run adds no duplicate point
 DEFAULT_LOGGER = {"class_path": "l2o_lightning.loggers.ResumingTensorBoardLogger",
                   "init_args": {"save_dir": "."}}

@@ -202,6 +202,22 @@ class EndlessMinibatches(IterableDataset):
             yield self.x[idx], self.y[idx]
 
 
+def minibatches_per_step(model: Any) -> tuple[int, str]:
+    """The training minibatches one training step of ``model`` takes, and the phrase saying why:
+    ``unroll * tasks_per_step`` for a model with those hyperparameters (meta-training: a minibatch
+    per task and optimizee step of a truncation), else one.
+
+    >>> minibatches_per_step(None)
+    (1, 'one minibatch')
+    """
+    hparams = getattr(model, "hparams", {})
+    if "unroll" not in hparams or "tasks_per_step" not in hparams:
+        return 1, "one minibatch"
+    unroll, tasks = hparams["unroll"], hparams["tasks_per_step"]
+    return unroll * tasks, (f"`model.unroll` x `model.tasks_per_step` = {unroll} x {tasks} = "
+                            f"{unroll * tasks} minibatches")
+
+
 class MNISTDataModule(L.LightningDataModule):
     """MNIST for optimizee runs measured in steps.
 
@@ -213,8 +229,9 @@ class MNISTDataModule(L.LightningDataModule):
             (what ``seed_everything`` set), so runs with different seeds see different orders.
         download: try to download MNIST when the files are missing.
         batches_per_step: training minibatches per training step; above 1 each training
-            batch stacks them, ``x[k, batch_size, 784]``, ``y[k, batch_size]`` (meta-training
-            consumes ``unroll * tasks_per_step`` minibatches per step).
+            batch stacks them, ``x[k, batch_size, 784]``, ``y[k, batch_size]``. ``None`` (the
+            default): as many as the model's training step takes (:func:`minibatches_per_step`,
+            at ``setup``); a value given must be that number.
         normalize: inputs ``(pixel/255 - 0.1307) / 0.3081``; ``False``: raw pixels in ``[0, 1]``
             (the paper).
         order: ``reshuffle`` (full minibatches, a pass's remainder dropped) or ``loader`` (the
@@ -235,7 +252,7 @@ class MNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         seed: int | None = None,
         download: bool = True,
-        batches_per_step: int = 1,
+        batches_per_step: int | None = None,
         normalize: bool = True,
         order: MinibatchOrder = "reshuffle",
         restart_every: int | None = None,
@@ -246,7 +263,7 @@ class MNISTDataModule(L.LightningDataModule):
                 f"batch sizes must be positive (got `data.batch_size`={batch_size}, "
                 f"`data.eval_batch_size`={eval_batch_size})."
             )
-        if batches_per_step <= 0:
+        if batches_per_step is not None and batches_per_step <= 0:
             raise ConfigError(f"`data.batches_per_step` must be positive, got {batches_per_step}.")
         self.save_hyperparameters()
         self.data_dir = resolve_data_dir(data_dir)
@@ -259,6 +276,18 @@ class MNISTDataModule(L.LightningDataModule):
         EndlessMinibatches(torch.zeros(1, 1), torch.zeros(1), 1, 0, order=order, restart_every=restart_every)
         self.train_batches = 0  # training batches handed to the model so far (resumes the stream)
         self.train_seed: int | None = None
+
+    def setup(self, stage: str) -> None:
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        needed, why = minibatches_per_step(model)
+        if self.batches_per_step is None:
+            self.batches_per_step = needed
+        elif self.batches_per_step != needed:
+            raise ConfigError(
+                f"`data.batches_per_step` is {self.batches_per_step}, but a training step of "
+                f"{type(model).__name__} takes {why}: leave `data.batches_per_step` out (it follows the "
+                f"model's settings) or set it to {needed}."
+            )
 
     def prepare_data(self) -> None:
         self.train_tensors, self.test_tensors  # noqa: B018 - loads (or downloads) both splits

@@ -22,7 +22,6 @@ META_TEST = "configs/meta_test/leaky_relu.yaml"
 SHORT_META_TEST = {"trainer": {"max_steps": 3, "val_check_interval": 3, "limit_val_batches": 1}}
 SHORT_META_TRAIN = {
     "model": {"init_args": {"n_iters": 4, "unroll": 2, "trajectories": 1, "val_n_iters": 2, "eval_tasks": 1}},
-    "data": {"batches_per_step": 2},
     "trainer": {"val_check_interval": 2, "limit_val_batches": 1},
 }
 SIZES = {  # integer settings that must be positive (or >= 0): a negative value must be refused
@@ -106,7 +105,7 @@ TRAINING = {
         "compile": False,
     }},
     "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.003}},
-    "data": {"batch_size": 128, "batches_per_step": 20, "normalize": True, "order": "reshuffle"},
+    "data": {"batch_size": 128, "batches_per_step": None, "normalize": True, "order": "reshuffle"},
     "trainer": {
         "max_steps": -1, "max_epochs": -1, "val_check_interval": 100, "check_val_every_n_epoch": None,
         "num_sanity_val_steps": 0, "log_every_n_steps": 1, "enable_model_summary": False,
@@ -127,7 +126,7 @@ TESTING = {
     "model": {"class_path": "l2o_lightning.optimizee_module.OptimizeeModule",
               "init_args": {"hidden": [20], "track_running_stats": False}},
     "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.03}},  # optimizers/adam.yaml
-    "data": {"batch_size": 128, "batches_per_step": 1, "normalize": True, "order": "reshuffle"},
+    "data": {"batch_size": 128, "batches_per_step": None, "normalize": True, "order": "reshuffle"},
     "trainer": {
         "max_steps": 1000, "val_check_interval": 250, "check_val_every_n_epoch": None, "log_every_n_steps": 1,
         "enable_checkpointing": False, "enable_model_summary": False, "callbacks": None,

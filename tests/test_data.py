@@ -1,12 +1,16 @@
-"""The meta-training minibatch stream: its passes, its split among processes, and resuming it."""
+"""The meta-training minibatch stream: its passes, its split among processes, and resuming it;
+the minibatches per training step, which follow the model."""
 
 from __future__ import annotations
 
 from itertools import islice
+from types import SimpleNamespace
 
+import pytest
 import torch
 
-from l2o_lightning.data import EndlessMinibatches
+from l2o_lightning.data import EndlessMinibatches, MNISTDataModule
+from l2o_lightning.errors import ConfigError
 
 N, BATCH, SEED = 22, 4, 3  # 5 minibatches a pass, the last 2 rows of each pass dropped
 X, Y = torch.arange(float(N))[:, None], torch.arange(N)
@@ -46,3 +50,34 @@ def test_restart_every_replays_the_first_minibatches_from_any_start():
     replayed = rows(EndlessMinibatches(X, Y, BATCH, SEED, restart_every=7, start=5), 9)
     expected = first[5:] + first  # minibatches 5, 6, then 0, 1, ... again
     assert all(torch.equal(a, b) for a, b in zip(replayed, expected[:9], strict=True))
+
+
+class _Model:
+    """A stand-in LightningModule: only its hyperparameters matter to the data module."""
+
+    def __init__(self, **hparams):
+        self.hparams = hparams
+
+
+def _set_up(model: _Model, **settings) -> MNISTDataModule:
+    datamodule = MNISTDataModule(**settings)
+    datamodule.trainer = SimpleNamespace(lightning_module=model)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def test_batches_per_step_follows_the_models_unroll_times_tasks():
+    assert _set_up(_Model(unroll=5, tasks_per_step=3)).batches_per_step == 15
+    assert _set_up(_Model(hidden=[20], activation="relu")).batches_per_step == 1
+    assert _set_up(_Model(unroll=5, tasks_per_step=3), batches_per_step=15).batches_per_step == 15
+    assert MNISTDataModule().hparams.batches_per_step is None  # what the run saves: derived
+
+
+def test_a_batches_per_step_the_model_does_not_take_is_refused():
+    meta = (r"`data.batches_per_step` is 20, but a training step of _Model takes `model.unroll` x "
+            r"`model.tasks_per_step` = 20 x 2 = 40 minibatches: .* set it to 40\.")
+    with pytest.raises(ConfigError, match=meta):
+        _set_up(_Model(unroll=20, tasks_per_step=2), batches_per_step=20)
+    with pytest.raises(ConfigError, match=r"is 4, but a training step of _Model takes one minibatch: .* 1\."):
+        _set_up(_Model(), batches_per_step=4)
+

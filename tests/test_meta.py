@@ -235,7 +235,7 @@ def test_same_seed_same_meta_training_metrics(run_cli, tmp_path):
     """Every logged metric (meta-losses of 2 tasks per step, validation curves and test-split
     scores) repeats exactly with the same seed; another seed changes them."""
     fewer = ("--model.init_args.n_iters", "20", "--model.init_args.unroll", "10",
-             "--model.init_args.tasks_per_step", "2", "--data.batches_per_step", "20",
+             "--model.init_args.tasks_per_step", "2",
              "--model.init_args.trajectories", "4", "--model.init_args.val_n_iters", "5",
              "--model.init_args.eval_tasks", "1", "--trainer.val_check_interval", "2",
              "--trainer.limit_val_batches", "1")
@@ -259,7 +259,7 @@ def test_grad_clip_rescales_the_meta_gradient_to_its_norm(run_cli, monkeypatch):
         seen.append(torch.cat([p.grad.flatten() for p in params if p.grad is not None]))
 
     monkeypatch.setattr(meta.MetaTrainModule, "on_before_optimizer_step", record)
-    tiny = ("--model.init_args.n_iters", "4", "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
+    tiny = ("--model.init_args.n_iters", "4", "--model.init_args.unroll", "2",
             "--model.init_args.trajectories", "1", "--trainer.limit_val_batches", "0")
     run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *tiny)
     unclipped = seen[0]
@@ -276,9 +276,10 @@ def test_grad_clip_rescales_the_meta_gradient_to_its_norm(run_cli, monkeypatch):
     ("override", "message"),
     [
         (("--data.batches_per_step", "5"),
-         r"`model.unroll` x `model.tasks_per_step` = 20 x 1 = 20 .* holds 5 .*`data.batches_per_step` to 20"),
-        (("--model.init_args.tasks_per_step", "2"),
-         r"= 20 x 2 = 40 minibatches, the training batch holds 20 .*`data.batches_per_step` to 40"),
+         r"`data.batches_per_step` is 5, but a training step of MetaTrainModule takes `model.unroll` x "
+         r"`model.tasks_per_step` = 20 x 1 = 20 minibatches: leave `data.batches_per_step` out .* to 20"),
+        (("--data.batches_per_step", "20", "--model.init_args.tasks_per_step", "2"),
+         r"is 20, but .* = 20 x 2 = 40 minibatches: .* set it to 40"),
         (("--model.init_args.tasks_per_step", "0"), r"`model.tasks_per_step` must be positive, got 0"),
         (("--model.init_args.n_iters", "50"), r"`model.n_iters` \(50\) must be a positive multiple"),
     ],
