@@ -96,6 +96,10 @@ class MetaProgress:
         trajectory_loss: ``sum_t L_t`` of the current round so far (mean over its tasks).
         epoch_loss, epoch_rounds: the summed ``trajectory_loss`` of the rounds completed in the
             current epoch, and their number.
+        last_epoch_loss: the last ``meta/epoch_loss`` logged (``None`` before the first epoch
+            ends), shown to the callbacks at every truncation: a checkpoint monitoring it finds it
+            even when diverged truncations have shifted epoch ends off its interval, and after a
+            resume.
     """
 
     seed: int
@@ -106,6 +110,7 @@ class MetaProgress:
     trajectory_loss: float = 0.0
     epoch_loss: float = 0.0
     epoch_rounds: int = 0
+    last_epoch_loss: float | None = None
 
 
 class MetaTrainModule(L.LightningModule):
@@ -343,8 +348,11 @@ class MetaTrainModule(L.LightningModule):
         values = torch.tensor([float(v) for v in metrics.values()], device=self.device)
         values = self.trainer.strategy.reduce(values, reduce_op="mean").tolist()
         averaged = dict(zip(metrics, values, strict=True))
+        self.progress.last_epoch_loss = averaged.get("meta/epoch_loss", self.progress.last_epoch_loss)
         for name, value in averaged.items():
             self.log(name, value, prog_bar=name in ("meta/loss", "meta/optimizee_loss"), logger=False)
+        if self.progress.last_epoch_loss is not None:
+            self.log("meta/epoch_loss", self.progress.last_epoch_loss, logger=False)
         for logger in self.loggers:
             logger.log_metrics(averaged, step=self.progress.batches - 1)
             logger.save()

@@ -26,6 +26,17 @@ class RecordBarTotal(L.Callback):
         RecordBarTotal.max_steps = trainer.max_steps
 
 
+class RecordEpochLoss(L.Callback):
+    """Records the ``meta/epoch_loss`` the callbacks see after every training batch (what a
+    ``ModelCheckpoint`` monitoring it finds): ``RecordEpochLoss.seen``."""
+
+    seen: list = []
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        value = trainer.callback_metrics.get("meta/epoch_loss")
+        RecordEpochLoss.seen.append(None if value is None else float(value))
+
+
 def test_meta_training_shows_its_total_and_validates_after_the_last_step(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setattr("sys.argv", ["l2o"])
@@ -79,23 +90,29 @@ def test_a_resumed_meta_training_shows_its_budget_as_total(mnist_dir, tmp_path, 
     every_2 = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                "init_args": {"every_n_train_steps": 2, "save_top_k": 0, "save_last": True}}
     record = {"class_path": f"{__name__}.RecordBarTotal"}
+    epoch_loss = {"class_path": f"{__name__}.RecordEpochLoss"}
     stop = {"class_path": f"{__name__}.InterruptAtBatch", "init_args": {"batch": 3}}
 
     def fit(name: str, callbacks: list[dict], *extra: str) -> None:
         config = tmp_path / f"{name}.yaml"
         config.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
-        RecordBarTotal.totals = []
-        # 3 trajectories of 2 truncations: a budget of 6 meta-steps
+        RecordBarTotal.totals, RecordEpochLoss.seen = [], []
+        # 3 trajectories of 2 truncations: a budget of 6 meta-steps; an epoch of 1 trajectory
         main(["fit", "-c", "configs/meta_train/leaky_relu.yaml", "-c", str(config),
               "--model.init_args.n_iters", "4", "--model.init_args.unroll", "2",
+              "--model.init_args.epoch_trajectories", "1",
               "--data.batches_per_step", "2", "--model.init_args.trajectories", "3",
               "--trainer.limit_val_batches", "0", "--trainer.enable_model_summary", "false",
               "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *extra])
 
     with pytest.raises(Interrupted):  # after the checkpoint of meta-step 2, in batch 3
-        fit("interrupted", [every_2, record, stop])
+        fit("interrupted", [every_2, record, epoch_loss, stop])
     assert RecordBarTotal.totals == [6] * 3
-    fit("resumed", [every_2, record], "--ckpt_path", "last")
+    first_epoch = RecordEpochLoss.seen[1]
+    assert RecordEpochLoss.seen == [None, first_epoch, first_epoch]  # an epoch ends every 2 meta-steps
+    fit("resumed", [every_2, record, epoch_loss], "--ckpt_path", "last")
     # meta-steps 3 to 6 of 6: the total is the budget, not `?` (None)
     assert RecordBarTotal.totals == [6] * 4
     assert RecordBarTotal.max_steps == 6
+    # mid-epoch after the resume, the callbacks still see the last epoch's loss (from the checkpoint)
+    assert RecordEpochLoss.seen[0] == first_epoch and None not in RecordEpochLoss.seen
