@@ -257,33 +257,31 @@ def compile_check(eager: MetaTrainRun, compiled: MetaTrainRun) -> None:
           f"max |meta-grad diff| / max |meta-grad| = {(grads[0] - grads[1]).abs().max().item() / scale:.2e}")
 
 
-def meta_training_throughput(seconds: float) -> float:
-    """Optimizee steps/s of :class:`MetaTrainRun` in this process, one thread, over whole
-    truncations of 20 for about ``seconds`` after one warm-up truncation (a pool worker)."""
-    torch.set_num_threads(1)
-    run = MetaTrainRun(*minibatch_pool())
-    run.truncation(20)
+def steps_per_second(truncation: Callable[[int], object], unroll: int, seconds: float) -> float:
+    """Optimizee steps/s (wall clock) of ``truncation(unroll)`` calls: one warm-up call, then
+    calls until ``seconds`` have passed (at least one)."""
+    truncation(unroll)
     start, steps = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        run.truncation(20)
-        steps += 20
+    while steps == 0 or time.perf_counter() - start < seconds:
+        truncation(unroll)
+        steps += unroll
     return steps / (time.perf_counter() - start)
 
 
-def two_core_comparison(seconds: float) -> None:
+def meta_training_throughput(unroll: int, seconds: float) -> float:
+    """:func:`steps_per_second` of :class:`MetaTrainRun` in this process, one thread (a pool worker)."""
+    torch.set_num_threads(1)
+    return steps_per_second(MetaTrainRun(*minibatch_pool()).truncation, unroll, seconds)
+
+
+def two_core_comparison(unroll: int, seconds: float) -> None:
     """Aggregate steps/s of two meta-trainings side by side (two one-thread processes) against
     the original-shaped meta-training in one process with 2 threads, one after the other."""
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        ours = sum(pool.map(meta_training_throughput, [seconds] * 2))
+        ours = sum(pool.starmap(meta_training_throughput, [(unroll, seconds)] * 2))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    original = OriginalShapedRun(*minibatch_pool())
-    original.truncation(20)
-    start, steps = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        original.truncation(20)
-        steps += 20
-    original_rate = steps / (time.perf_counter() - start)
+    original_rate = steps_per_second(OriginalShapedRun(*minibatch_pool()).truncation, unroll, seconds)
     torch.set_num_threads(threads)
     print(f"\nboth cores, wall clock, ~{seconds:.0f} s each: ours (2 processes x 1 thread) {ours:.1f} "
           f"steps/s; original-shaped (1 process x 2 threads) {original_rate:.1f} steps/s; "
@@ -342,7 +340,7 @@ def main() -> None:
     print(f"L2O meta-test step / Adam step: {l2o_ratio:.1f}x")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.two_cores or args.smoke:
-        two_core_comparison(2.0 if args.smoke else 60.0)
+        two_core_comparison(unroll, 0.0 if args.smoke else 60.0)
     if args.smoke:
         return
 
