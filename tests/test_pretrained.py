@@ -42,15 +42,18 @@ def test_export_keeps_the_network_and_its_provenance_only(tmp_path, monkeypatch)
     torch.manual_seed(0)
     net = LSTMOptimizerNet()
     (tmp_path / "run").mkdir()
-    source = tmp_path / "run" / "last.ckpt"
-    torch.save({CHECKPOINT_KEY: checkpoint_entry(net), "global_step": 7, "optimizer_states": [{"x": 1}],
-                "meta_training": {"progress": {"rounds": 3}}}, source)
-    path = pretrained.export(source, "toy", "l2o fit -c x.yaml", "a" * 40)
+    best, last = tmp_path / "run" / "best-step4.ckpt", tmp_path / "run" / "last.ckpt"
+    torch.save({CHECKPOINT_KEY: checkpoint_entry(net), "global_step": 4, "optimizer_states": [{"x": 1}],
+                "meta_training": {"progress": {"rounds": 2, "diverged": 0}}}, best)
+    torch.save({CHECKPOINT_KEY: checkpoint_entry(LSTMOptimizerNet()), "global_step": 7,
+                "meta_training": {"progress": {"rounds": 4, "diverged": 1}}}, last)
+    path = pretrained.export(best, "toy", "l2o fit -c x.yaml", "a" * 40)
     assert pretrained.available() == ["toy"] and pretrained.resolve("pretrained:toy") == path
     content = torch.load(path, weights_only=True)
+    # the best epoch's network, the whole run's counts (from last.ckpt beside it)
     assert content[pretrained.PROVENANCE_KEY] == {
-        "command": "l2o fit -c x.yaml", "commit": "a" * 40, "meta_steps": 7, "source": "last.ckpt",
-        "trajectories_started": 3}
+        "command": "l2o fit -c x.yaml", "commit": "a" * 40, "meta_steps": 7, "source": "best-step4.ckpt",
+        "source_step": 4, "trajectories_started": 4, "diverged": 1}
     for key, value in net.state_dict().items():
         assert torch.equal(content[CHECKPOINT_KEY]["state_dict"][key], value)
 

@@ -50,17 +50,24 @@ def resolve(checkpoint: str | Path) -> Path:
 
 def export(checkpoint: str | Path, name: str, command: str, commit: str) -> Path:
     """Write ``FOLDER/<name>.ckpt`` from a meta-training checkpoint: its ``"l2o"`` entry and
-    ``{"command", "commit", "meta_steps", "source", "trajectories_started"}``; nothing else."""
+    ``{"command", "commit", "meta_steps", "source", "source_step", "trajectories_started",
+    "diverged"}``; nothing else. ``meta_steps``, ``trajectories_started`` and ``diverged`` (truncations
+    skipped) are the whole run's, from the ``last.ckpt`` beside the checkpoint when there is one;
+    ``source_step`` is the exported checkpoint's own meta-step (an earlier best epoch)."""
     where = f"meta-training checkpoint '{checkpoint}'"
     hint = "pass a checkpoint written by `l2o fit -c configs/paper/meta_train/...`"
     entry = l2o_entry(content := read_checkpoint(checkpoint, where, hint), where, hint)
-    progress = content.get(TRAINING_STATE_KEY, {}).get("progress", {})
+    last = Path(checkpoint).with_name("last.ckpt")
+    run = read_checkpoint(last, f"meta-training checkpoint '{last}'", hint) if last.is_file() else content
+    progress = run.get(TRAINING_STATE_KEY, {}).get("progress", {})
     provenance = {
         "command": command,
         "commit": commit,
-        "meta_steps": int(content.get("global_step", -1)),
+        "meta_steps": int(run.get("global_step", -1)),
         "source": Path(checkpoint).name,
+        "source_step": int(content.get("global_step", -1)),
         "trajectories_started": int(progress.get("rounds", -1)),
+        "diverged": int(progress.get("diverged", -1)),
     }
     path = FOLDER / f"{name}.ckpt"
     torch.save({CHECKPOINT_KEY: entry, PROVENANCE_KEY: provenance}, path)
@@ -102,7 +109,9 @@ def write_card(run_dir: Path, name: str, provenance: dict) -> None:
             if tag.startswith("val/") and "curve" not in tag}
     lines = [f"# pretrained:{name}", "", f"- command: `{provenance['command']}`",
              f"- commit: {provenance['commit']}", f"- meta-steps: {provenance['meta_steps']}",
-             f"- exported from: {provenance['source']}", "",
+             f"- exported from: {provenance['source']} (meta-step {provenance['source_step']}, best epoch)",
+             f"- trajectories started: {provenance['trajectories_started']}; truncations skipped as "
+             f"diverged: {provenance['diverged']}", "",
              "Last validation (5 fresh optimizees, 200 steps):", ""]
     lines += [f"- `{tag}` = {value:.4f} (meta-step {step})" for tag, (step, value) in sorted(last.items())]
     (FOLDER / f"{name}.md").write_text("\n".join(lines) + "\n")
