@@ -94,8 +94,8 @@ class MetaProgress:
         diverged: truncations skipped because they diverged; ``diverged_in_a_row`` counts
             the current streak.
         trajectory_loss: ``sum_t L_t`` of the current round so far (mean over its tasks).
-        epoch_loss, epoch_rounds: the summed ``trajectory_loss`` of the rounds completed in the
-            current epoch, and their number.
+        epoch_loss, epoch_rounds: the summed ``trajectory_loss`` of the rounds ended in the
+            current epoch (``inf`` once one of them diverged), and their number.
         last_epoch_loss: the last ``meta/epoch_loss`` logged (``None`` before the first epoch
             ends), shown to the callbacks at every truncation: a checkpoint monitoring it finds it
             even when diverged truncations have shifted epoch ends off its interval, and after a
@@ -121,7 +121,7 @@ class MetaTrainModule(L.LightningModule):
     meta-objective), ``meta/optimizee_loss`` (mean step loss), ``meta/trajectory_step``
     (optimizee step at its end), ``meta/trajectory`` (trajectories started, over all tasks and
     processes) and ``meta/diverged`` (truncations skipped so far); after every
-    ``epoch_trajectories`` completed trajectories, ``meta/epoch_loss``: their mean summed
+    ``epoch_trajectories`` ended trajectories, ``meta/epoch_loss``: their mean summed
     optimizee loss ``sum_t L_t`` over the ``n_iters`` steps (the paper keeps the epoch with the
     lowest; a ``ModelCheckpoint`` can monitor it). Each validation (test)
     trains ``eval_tasks`` fresh optimizees for ``val_n_iters`` (``test_n_iters``) steps and logs
@@ -137,7 +137,9 @@ class MetaTrainModule(L.LightningModule):
 
     A truncation whose optimizee loss or update (or meta-gradient) is not finite on any
     process takes no meta-step: its trajectories are dropped (the next truncation starts a
-    new round), it is counted in ``meta/diverged``, and ``max_diverged_in_a_row`` such
+    new round; the round counts in its epoch with an infinite loss, so ``meta/epoch_loss`` of
+    an epoch with a diverged round is ``inf`` and that epoch is never the kept lowest), it is
+    counted in ``meta/diverged``, and ``max_diverged_in_a_row`` such
     truncations in a row stop the run with :class:`DivergenceError`.
 
     Args:
@@ -154,7 +156,7 @@ class MetaTrainModule(L.LightningModule):
             ``n_iters / unroll`` meta-steps (the trainer's ``max_steps`` unless that is smaller; it
             validates after the last one); ``None`` leaves the length to ``trainer.max_steps``.
         max_diverged_in_a_row: diverged truncations in a row that stop the run.
-        epoch_trajectories: completed trajectories (over all tasks and processes) per
+        epoch_trajectories: ended (completed or diverged) trajectories (over all tasks and processes) per
             ``meta/epoch_loss`` (paper: 20).
         eval_tasks: optimizees per validation / test.
         val_n_iters, test_n_iters: their trajectory lengths.
@@ -294,13 +296,18 @@ class MetaTrainModule(L.LightningModule):
 
     def count_trajectory_loss(self, step_losses: Tensor) -> dict[str, float]:
         """Add a finished truncation's ``sum_t L_t`` (mean over tasks) to its trajectory's; when
-        the trajectory ends, to the epoch's; ``{"meta/epoch_loss": mean over the epoch's
-        trajectories}`` when the epoch ends, else ``{}``."""
-        progress = self.progress
-        progress.trajectory_loss += step_losses.detach().sum(0).mean().item()
+        the trajectory ends, :meth:`end_trajectory` counts it in the epoch."""
+        self.progress.trajectory_loss += step_losses.detach().sum(0).mean().item()
         if self.trajectory.step < self.hparams.n_iters:
             return {}
-        progress.epoch_loss += progress.trajectory_loss
+        return self.end_trajectory(self.progress.trajectory_loss)
+
+    def end_trajectory(self, trajectory_loss: float) -> dict[str, float]:
+        """Count a trajectory round's ``sum_t L_t`` in its epoch (``inf`` for a round that
+        diverged, so an epoch with a diverged round is never the lowest); ``{"meta/epoch_loss":
+        mean over the epoch's rounds}`` when the epoch ends, else ``{}``."""
+        progress = self.progress
+        progress.epoch_loss += trajectory_loss
         progress.epoch_rounds += 1
         progress.trajectory_loss = 0.0
         tasks_total = self.hparams.tasks_per_step * self.trainer.world_size
@@ -317,9 +324,8 @@ class MetaTrainModule(L.LightningModule):
         progress, limit = self.progress, self.hparams.max_diverged_in_a_row
         progress.diverged += 1
         progress.diverged_in_a_row += 1
-        progress.trajectory_loss = 0.0
         self.trajectory = None
-        self.log_truncation(metrics, trajectory_step)
+        self.log_truncation({**metrics, **self.end_trajectory(math.inf)}, trajectory_step)
         if progress.diverged_in_a_row >= limit:
             meta_optimizer = type(self.optimizers().optimizer).__name__
             raise DivergenceError(

@@ -57,7 +57,8 @@ def test_a_diverged_truncation_is_skipped_and_its_trajectory_restarts(run_cli, t
     config = tmp_path / "explode.yaml"
     config.write_text(yaml.safe_dump({"trainer": {"callbacks+": [
         {"class_path": f"{__name__}.ExplodeAt", "init_args": {"batch": 1}}]}}))
-    run_cli(*TINY, "-c", str(config), "--model.init_args.trajectories", "2")
+    run_cli(*TINY, "-c", str(config), "--model.init_args.trajectories", "2",
+            "--model.init_args.epoch_trajectories", "1")
 
     before, after = ExplodeAt.latest.weights
     assert torch.isfinite(after).all() and torch.equal(before, after)  # no meta-step, no NaN
@@ -69,6 +70,10 @@ def test_a_diverged_truncation_is_skipped_and_its_trajectory_restarts(run_cli, t
     assert all(torch.isfinite(torch.tensor(v)) for i, v in enumerate(values["meta/loss"]) if i != 1)
     assert values["meta/trajectory_step"] == [2, 4, 2, 4, 2]
     assert values["meta/trajectory"] == [1, 1, 2, 2, 3]
+    # epochs of one trajectory: the diverged one's loss is inf (never the kept best epoch)
+    epoch_steps = [step for step, _ in scalars["meta/epoch_loss"]]
+    epoch_losses = values["meta/epoch_loss"]
+    assert epoch_steps == [1, 3] and epoch_losses[0] == math.inf and math.isfinite(epoch_losses[1])
 
 
 def test_diverging_streak_stops_meta_training_with_exit_3(run_cli, capsys):
