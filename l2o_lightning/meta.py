@@ -17,17 +17,15 @@ and its minibatches are the same ones of the shared stream (``EndlessMinibatches
 
 Data: a training step receives ``unroll * tasks_per_step`` minibatches from the datamodule
 (``data.batches_per_step``); the ``t * tasks_per_step + k``-th is task ``k``'s at step ``t``.
-Validation and test run whole trajectories of fresh optimizees on the MNIST *training*
-split (the optimizee's training loss is what an optimizer is judged by), drawn from a fixed
-seed so every evaluation sees the same initialisations and minibatches; the val/test
-loaders (the MNIST test split) then measure the final optimizees' test loss and accuracy.
+Validation and test: :mod:`l2o_lightning.meta_eval`.
 
 Resuming (``l2o fit ... --ckpt_path last``): checkpoints carry, besides Lightning's state
 (meta-optimizer, global step) and the datamodule's stream position, the trajectories
-(parameters, LSTM states, step) and the counters of :class:`MetaProgress`, so a resumed run
-continues exactly where the checkpoint was taken. A truncation's metrics are written and
-flushed before its checkpoint; the truncations the interrupted run wrote after its last
-checkpoint are recomputed, and the resume-aware logger of the shipped configs
+(parameters, LSTM states, step) and the counters of
+:class:`~l2o_lightning.meta_progress.MetaProgress`, so a resumed run continues exactly where
+the checkpoint was taken. A truncation's metrics are written and flushed before its
+checkpoint; the truncations the interrupted run wrote after its last checkpoint are
+recomputed, and the resume-aware logger of the shipped configs
 (:class:`~l2o_lightning.loggers.ResumingTensorBoardLogger`) does not write them again: the
 curves continue without gap or duplicate.
 """
@@ -36,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 
 import lightning as L
@@ -44,10 +42,6 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.func import vmap
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
-from tqdm.auto import tqdm
 
 from l2o_lightning.checkpoints import (
     CHECKPOINT_KEY,
@@ -59,9 +53,10 @@ from l2o_lightning.checkpoints import (
     training_state,
     unpack_trajectory,
 )
-from l2o_lightning.data import EndlessMinibatches
 from l2o_lightning.errors import ConfigError, DivergenceError
 from l2o_lightning.learned import LSTMOptimizerNet, LSTMState
+from l2o_lightning.meta_eval import TrajectoryEvaluation
+from l2o_lightning.meta_progress import MetaProgress
 from l2o_lightning.optimizee_steps import MetaTrainingStepListener, OptimizeeStep, step_listeners
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.unroll import (
@@ -70,50 +65,16 @@ from l2o_lightning.unroll import (
     Trajectory,
     all_finite,
     meta_objective,
-    run_trajectories,
     symmetry_penalty,
     task_generator,
     unroll_truncation,
     validate_symmetry_reg,
 )
 
-# 1-based optimizee steps of a validation trajectory whose loss is logged as val/loss_curve/step_<k>
-VAL_CURVE_STEPS = (1, 10, 20, 50, 100, 200, 500, 1000)
 _CKPT_HINT = "pass a checkpoint written by `l2o fit -c configs/meta_train/<optimizee>.yaml`"
 
 
-@dataclass
-class MetaProgress:
-    """The counters of a meta-training run (saved in its checkpoints).
-
-    Attributes:
-        seed: seed of the trajectories' initialisations (:func:`task_generator`).
-        rounds: trajectory rounds started; in each round every task starts a trajectory.
-        batches: training batches (truncations) processed, diverged ones included; the
-            logging step of a truncation is ``batches - 1`` while it runs.
-        diverged: truncations skipped because they diverged; ``diverged_in_a_row`` counts
-            the current streak.
-        trajectory_loss: ``sum_t L_t`` of the current round so far (mean over its tasks).
-        epoch_loss, epoch_rounds: the summed ``trajectory_loss`` of the rounds ended in the
-            current epoch (``inf`` once one of them diverged), and their number.
-        last_epoch_loss: the last ``meta/epoch_loss`` logged (``None`` before the first epoch
-            ends), shown to the callbacks at every truncation: a checkpoint monitoring it finds it
-            even when diverged truncations have shifted epoch ends off its interval, and after a
-            resume.
-    """
-
-    seed: int
-    rounds: int = 0
-    batches: int = 0
-    diverged: int = 0
-    diverged_in_a_row: int = 0
-    trajectory_loss: float = 0.0
-    epoch_loss: float = 0.0
-    epoch_rounds: int = 0
-    last_epoch_loss: float | None = None
-
-
-class MetaTrainModule(L.LightningModule):
+class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
     """Meta-train :class:`~l2o_lightning.learned.LSTMOptimizerNet` on an MLP optimizee.
 
     One training step is one truncation of ``tasks_per_step`` trajectories (manual
@@ -128,8 +89,9 @@ class MetaTrainModule(L.LightningModule):
     ``val/final_loss``, ``val/mean_loss`` (the optimizee training loss at the last step and
     averaged over the trajectory, mean over tasks), ``val/final_test_loss``,
     ``val/final_test_acc`` (final optimizees on the MNIST test split), and
-    ``val/loss_curve/step_<k>``: the loss at optimizee step ``k`` of :data:`VAL_CURVE_STEPS`
-    (1-based, up to ``val_n_iters``) with the meta-step as x-axis; ``test/...`` likewise,
+    ``val/loss_curve/step_<k>``: the loss at optimizee step ``k`` of
+    :data:`~l2o_lightning.meta_eval.VAL_CURVE_STEPS` (1-based, up to ``val_n_iters``) with the
+    meta-step as x-axis; ``test/...`` likewise,
     except that the test logs the whole curve ``test/loss_curve`` (x: the 0-based optimizee
     step). With the progress bar on, a bar counts the trajectories' optimizee steps.
     Checkpoints carry an ``"l2o"`` entry that :class:`~l2o_lightning.optim.L2O` loads, and the
@@ -205,8 +167,6 @@ class MetaTrainModule(L.LightningModule):
         self.save_hyperparameters(
             ignore=["eval_tasks", "val_n_iters", "test_n_iters", "eval_seed", "compile"]
         )
-        self.eval_tasks, self.eval_seed = eval_tasks, eval_seed
-        self.val_n_iters, self.test_n_iters = val_n_iters, test_n_iters
         self.automatic_optimization = False
         self.optimizee = MLP(hidden, activation, batchnorm)
         self.optimizee.requires_grad_(False)
@@ -221,9 +181,7 @@ class MetaTrainModule(L.LightningModule):
         self.task_ids: list[int] = []
         self.step_listeners: list[MetaTrainingStepListener] = []  # shown every optimizee step: the probes
         self.resume_state: dict | None = None
-        self.eval_final_params: Tensor | None = None
-        self.final_test_loss = MeanMetric()
-        self.final_test_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.init_evaluation(eval_tasks, val_n_iters, test_n_iters, eval_seed)
 
     # ------------------------------------------------------------------ meta-training
     def on_fit_start(self) -> None:
@@ -291,41 +249,26 @@ class MetaTrainModule(L.LightningModule):
         optimizer.step()
         self.trajectory = trajectory.detach()
         self.progress.diverged_in_a_row = 0
-        self.log_truncation({**metrics, **self.count_trajectory_loss(step_losses)}, trajectory.step)
+        ended = trajectory.step >= self.hparams.n_iters
+        epoch = self.progress.count_trajectory_loss(
+            step_losses, ended, self.tasks_total, self.hparams.epoch_trajectories
+        )
+        self.log_truncation({**metrics, **epoch}, trajectory.step)
         return loss.detach()
 
-    def count_trajectory_loss(self, step_losses: Tensor) -> dict[str, float]:
-        """Add a finished truncation's ``sum_t L_t`` (mean over tasks) to its trajectory's; when
-        the trajectory ends, :meth:`end_trajectory` counts it in the epoch."""
-        self.progress.trajectory_loss += step_losses.detach().sum(0).mean().item()
-        if self.trajectory.step < self.hparams.n_iters:
-            return {}
-        return self.end_trajectory(self.progress.trajectory_loss)
-
-    def end_trajectory(self, trajectory_loss: float) -> dict[str, float]:
-        """Count a trajectory round's ``sum_t L_t`` in its epoch (``inf`` for a round that
-        diverged, so an epoch with a diverged round is never the lowest); ``{"meta/epoch_loss":
-        mean over the epoch's rounds}`` when the epoch ends, else ``{}``."""
-        progress = self.progress
-        progress.epoch_loss += trajectory_loss
-        progress.epoch_rounds += 1
-        progress.trajectory_loss = 0.0
-        tasks_total = self.hparams.tasks_per_step * self.trainer.world_size
-        if progress.epoch_rounds * tasks_total < self.hparams.epoch_trajectories:
-            return {}
-        epoch_loss = progress.epoch_loss / progress.epoch_rounds
-        progress.epoch_loss, progress.epoch_rounds = 0.0, 0
-        return {"meta/epoch_loss": epoch_loss}
+    @property
+    def tasks_total(self) -> int:
+        """Trajectories per round, over all tasks and processes."""
+        return self.hparams.tasks_per_step * self.trainer.world_size
 
     def skip_diverged(self, metrics: dict[str, Tensor], trajectory_step: int) -> None:
         """Count a diverged truncation (logging its non-finite metrics as they are) and drop its
         trajectories (no meta-step was taken); raise :class:`DivergenceError` after
         ``max_diverged_in_a_row`` in a row."""
         progress, limit = self.progress, self.hparams.max_diverged_in_a_row
-        progress.diverged += 1
-        progress.diverged_in_a_row += 1
+        epoch = progress.count_diverged(self.tasks_total, self.hparams.epoch_trajectories)
         self.trajectory = None
-        self.log_truncation({**metrics, **self.end_trajectory(math.inf)}, trajectory_step)
+        self.log_truncation({**metrics, **epoch}, trajectory_step)
         if progress.diverged_in_a_row >= limit:
             meta_optimizer = type(self.optimizers().optimizer).__name__
             raise DivergenceError(
@@ -344,11 +287,10 @@ class MetaTrainModule(L.LightningModule):
         on disk before any checkpoint of this truncation, and a resumed run's logger can leave
         out the truncations its interrupted run already wrote (``self.log`` feeds the progress
         bar and callbacks)."""
-        tasks_total = self.hparams.tasks_per_step * self.trainer.world_size
         metrics = {
             **metrics,
             "meta/trajectory_step": float(trajectory_step),
-            "meta/trajectory": float(self.progress.rounds * tasks_total),
+            "meta/trajectory": float(self.progress.rounds * self.tasks_total),
             "meta/diverged": float(self.progress.diverged),
         }
         values = torch.tensor([float(v) for v in metrics.values()], device=self.device)
@@ -384,7 +326,7 @@ class MetaTrainModule(L.LightningModule):
         budget = self.hparams.trajectories
         if budget is None:
             return
-        rounds = math.ceil(budget / (self.hparams.tasks_per_step * self.trainer.world_size))
+        rounds = math.ceil(budget / self.tasks_total)
         steps = rounds * (self.hparams.n_iters // self.hparams.unroll)
         loop = self.trainer.fit_loop.epoch_loop
         loop.max_steps = steps if loop.max_steps < 0 else min(loop.max_steps, steps)
@@ -429,63 +371,6 @@ class MetaTrainModule(L.LightningModule):
             rank_zero_warn(mismatch)
             return None
         return Trajectory(*unpack_trajectory(saved, self.global_rank, self.device))
-
-    # ------------------------------------------------------------------ evaluation
-    def on_validation_epoch_start(self) -> None:
-        self.evaluate_trajectories("val", self.val_n_iters)
-
-    def on_test_epoch_start(self) -> None:
-        self.evaluate_trajectories("test", self.test_n_iters)
-
-    def evaluate_trajectories(self, stage: str, n_iters: int) -> None:
-        """Train ``eval_tasks`` fresh optimizees with the current LSTM on the training split;
-        log their loss curve and summary, keep the final parameters for the test split."""
-        x, y, batch_size = self.training_split()
-        tasks, seed = self.eval_tasks, self.eval_seed
-        start = self.fresh_trajectory(range(tasks), seed, round_=0)
-        minibatches = (  # [tasks, B, ...]: one minibatch per optimizee and step
-            (xb.view(tasks, batch_size, -1).to(self.device), yb.view(tasks, batch_size).to(self.device))
-            for xb, yb in EndlessMinibatches(x, y, batch_size, seed, batches_per_item=tasks)
-        )
-        shown = self.trainer.progress_bar_callback is not None and self.trainer.is_global_zero
-        description = f"{stage} trajectories ({tasks} optimizees)"
-        with tqdm(minibatches, description, n_iters, leave=False, unit="step", disable=not shown) as steps:
-            losses, self.eval_final_params = run_trajectories(
-                self.net, self.optimizee, start, iter(steps), n_iters
-            )
-        curve = losses.mean(1).tolist()
-        if stage == "test":
-            for logger in self.loggers:
-                for step, value in enumerate(curve):
-                    logger.log_metrics({"test/loss_curve": value}, step=step)
-        else:
-            points = {f"val/loss_curve/step_{k}": curve[k - 1] for k in VAL_CURVE_STEPS if k <= n_iters}
-            self.log_dict(points, sync_dist=True)
-        self.log(f"{stage}/final_loss", curve[-1], sync_dist=True)
-        self.log(f"{stage}/mean_loss", sum(curve) / len(curve), prog_bar=True, sync_dist=True)
-
-    def training_split(self) -> tuple[Tensor, Tensor, int]:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "train_tensors"):
-            raise ConfigError(
-                "meta-validation trains optimizees on the datamodule's `train_tensors`: "
-                "use `data: l2o_lightning.data.MNISTDataModule` (the default of `l2o`)."
-            )
-        return *datamodule.train_tensors, datamodule.batch_size
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        params = self.eval_final_params
-        logits = vmap(self.optimizee.functional_logits, in_dims=(0, None))(params, x)
-        targets = y.expand(len(params), -1)
-        losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-        self.final_test_loss.update(losses)
-        self.final_test_acc(logits.flatten(0, 1), targets.flatten())
-        stage = "test" if self.trainer.testing else "val"
-        self.log(f"{stage}/final_test_loss", self.final_test_loss)
-        self.log(f"{stage}/final_test_acc", self.final_test_acc)
-
-    test_step = validation_step
 
 
 def validate_meta_args(**settings: int | str | None) -> None:
