@@ -316,7 +316,8 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
             raise ConfigError(
                 f"a meta-training step takes `model.unroll` x `model.tasks_per_step` = {unroll} x {tasks} = "
                 f"{unroll * tasks} minibatches, the training batch holds {x.shape[0]} "
-                f"(`data.batches_per_step`): set `data.batches_per_step` to {unroll * tasks}."
+                f"(`data.batches_per_step`): leave `data.batches_per_step` unset (it follows the model) or "
+                f"set it to {unroll * tasks}."
             )
         return x.view(unroll, tasks, *x.shape[1:]), y.view(unroll, tasks, *y.shape[1:])
 

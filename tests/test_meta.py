@@ -291,6 +291,16 @@ def test_bad_meta_training_settings_are_named(run_cli, capsys, override, message
     assert re.search(message, capsys.readouterr().err)
 
 
+def test_a_training_batch_of_other_size_names_batches_per_step():
+    """The module's own check (the datamodule's setup refuses a mismatched ``data.batches_per_step``
+    first; this catches a batch from elsewhere)."""
+    module = meta.MetaTrainModule(unroll=2, n_iters=2, tasks_per_step=2)
+    message = (r"= 2 x 2 = 4 minibatches, the training batch holds 3 \(`data.batches_per_step`\): leave "
+               r"`data.batches_per_step` unset \(it follows the model\) or set it to 4")
+    with pytest.raises(ConfigError, match=message):
+        module.truncation_minibatches((torch.zeros(3, 5, 784), torch.zeros(3, 5)))
+
+
 def test_missing_l2o_checkpoint_in_the_cli_names_the_setting(run_cli, capsys):
     with pytest.raises(SystemExit):
         run_cli("fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", "configs/optimizers/l2o.yaml",
