@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from l2o_lightning import figures, report
-from l2o_lightning.report import (
+from l2o_lightning import figures, report, verdicts
+from l2o_lightning.runs import (
+    Run,
+    Stat,
+    StudyLayoutError,
+    aggregate,
+    discover_runs,
+    find_studies,
+    seed_stat,
+    select,
+)
+from l2o_lightning.verdicts import (
     DECAY_FRACTION,
     EARLY_PEAK_STEP,
     FAR_ABOVE,
@@ -21,7 +31,6 @@ from l2o_lightning.report import (
     ROUGHLY_EQUAL,
     STEADY_RANK_CORRELATION,
 )
-from l2o_lightning.runs import Run, Stat, StudyLayoutError, aggregate, discover_runs, find_studies, select
 
 
 def s(mean: float, std: float = 0.0) -> Stat:
@@ -35,32 +44,32 @@ STEPS = np.arange(150)
 
 def test_window_mean_reads_the_papers_steps_1_to_100_as_indices_0_to_99():
     values = np.where(STEPS < 100, 1.0, 50.0)
-    assert report.window_mean(STEPS, values, report.STEPS_1_100) == 1.0
-    assert np.isnan(report.window_mean(STEPS, values, (200, 300)))
+    assert verdicts.window_mean(STEPS, values, verdicts.STEPS_1_100) == 1.0
+    assert np.isnan(verdicts.window_mean(STEPS, values, (200, 300)))
 
 
 def test_jump_peak_decay_growth_and_trend_reductions():
     spike = np.where(STEPS == 4, 10.0, 1.0)  # step 5 (index 4) peaks
-    assert report.peak_step(STEPS, spike) == 5
-    assert report.jump_fraction(STEPS, spike) == 1.0
-    assert report.late_over_peak(STEPS, spike) == pytest.approx(0.1)
+    assert verdicts.peak_step(STEPS, spike) == 5
+    assert verdicts.jump_fraction(STEPS, spike) == 1.0
+    assert verdicts.late_over_peak(STEPS, spike) == pytest.approx(0.1)
     late = np.where(STEPS == 50, 10.0, 1.0)
-    assert report.jump_fraction(STEPS, late) == pytest.approx(0.1)
+    assert verdicts.jump_fraction(STEPS, late) == pytest.approx(0.1)
     ramp = STEPS + 1.0
-    assert report.growth(STEPS, ramp) == pytest.approx(95.5 / 5.5)
-    assert report.block_trend(STEPS, ramp) == pytest.approx(1.0)
-    assert report.block_trend(STEPS, -ramp) == pytest.approx(-1.0)
-    assert np.isnan(report.jump_fraction(STEPS, np.zeros(150)))  # no peak: undefined
+    assert verdicts.growth(STEPS, ramp) == pytest.approx(95.5 / 5.5)
+    assert verdicts.block_trend(STEPS, ramp) == pytest.approx(1.0)
+    assert verdicts.block_trend(STEPS, -ramp) == pytest.approx(-1.0)
+    assert np.isnan(verdicts.jump_fraction(STEPS, np.zeros(150)))  # no peak: undefined
 
 
 def test_seed_stat_is_mean_and_population_std_over_seeds(tmp_path):
     for seed, level in ((0, 1.0), (1, 3.0)):
         write_run(tmp_path / "leaky_relu" / "adam" / f"seed{seed}", {"x": (range(10), [level] * 10)})
     runs = discover_runs(tmp_path)
-    stat = report.seed_stat(runs, "x", lambda st, v: report.window_mean(st, v, (0, 9)))
+    stat = seed_stat(runs, "x", lambda st, v: verdicts.window_mean(st, v, (0, 9)))
     assert (stat.mean, stat.std, stat.n) == (2.0, 1.0, 2)
     assert str(stat) == "2 ± 1"
-    assert report.seed_stat(runs, "missing", lambda st, v: report.window_mean(st, v, (0, 9))) is None
+    assert seed_stat(runs, "missing", lambda st, v: verdicts.window_mean(st, v, (0, 9))) is None
 
 
 def scalar_run(seed: str, points: list[tuple[int, float]]) -> Run:
@@ -95,7 +104,7 @@ def test_moving_average_is_the_trailing_mean_of_the_last_window_values():
 def claim1(**change):
     numbers = {"l2o": s(10.0), "lion": s(1.0), "adam": s(2.0), "sgd": s(0.05), "jump": s(0.9)} | change
     jump = numbers.pop("jump")
-    return report.rescale_claim(numbers, jump)
+    return verdicts.rescale_claim(numbers, jump)
 
 
 @pytest.mark.parametrize("change, holds", [
@@ -124,7 +133,7 @@ def claim2(**change):
     numbers = dict(
         l2o=s(5.0), lion=s(2.0), sgd=s(0.1), peak=s(3.0), late=s(0.2), growth=s(4.0), trend=s(0.95))
     numbers |= change
-    return report.scale_claim({o: numbers[o] for o in ("l2o", "lion", "sgd")}, numbers["peak"],
+    return verdicts.scale_claim({o: numbers[o] for o in ("l2o", "lion", "sgd")}, numbers["peak"],
                               numbers["late"], numbers["growth"], numbers["trend"])
 
 
@@ -155,7 +164,7 @@ def test_claim2_scale(change, holds):
 def test_claim3_regularization_in_the_new_labels(losses, holds):
     labels = ("l2o", "l2o_reg_0.1", "l2o_reg_0.5", "l2o_reg_1")
     loss = {label: None if v is None else s(v) for label, v in zip(labels, losses, strict=True)}
-    verdict = report.regularization_claim(loss)
+    verdict = verdicts.regularization_claim(loss)
     assert verdict.holds is holds
 
 
@@ -167,11 +176,11 @@ def test_claim3_regularization_in_the_new_labels(losses, holds):
     ((0.8, 0.65, None, 0.5), None),
 ])
 def test_claim4_tail_index(alphas, holds):
-    assert report.tail_index_claim(*(None if a is None else s(a) for a in alphas)).holds is holds
+    assert verdicts.tail_index_claim(*(None if a is None else s(a) for a in alphas)).holds is holds
 
 
 def claim5(**change):
-    return report.top_eig_claim({"l2o": s(10.0), "lion": s(5.0), "adam": s(1.0), "sgd": s(1.5)} | change)
+    return verdicts.top_eig_claim({"l2o": s(10.0), "lion": s(5.0), "adam": s(1.0), "sgd": s(1.5)} | change)
 
 
 @pytest.mark.parametrize("change, holds", [
@@ -204,13 +213,13 @@ def sizes(**change):
     ({"adam": {1: s(0.05)}}, None),  # no step after the first to compare
 ])
 def test_claim6_update_sizes(change, holds):
-    verdict = report.update_size_claim(sizes(**change), "sigmoid")
+    verdict = verdicts.update_size_claim(sizes(**change), "sigmoid")
     assert verdict.holds is holds
     assert "sigmoid optimizee, Fig. 9's setting" in verdict.claim
 
 
 def test_claim6_names_the_fallback_optimizee():
-    verdict = report.update_size_claim(sizes(), "leaky_relu")
+    verdict = verdicts.update_size_claim(sizes(), "leaky_relu")
     assert "leaky_relu optimizee, no sigmoid L2O runs" in verdict.claim
     assert "L2O / Adam: step 1 4, step 5 3.75, step 100 2" in verdict.measured
 
@@ -224,7 +233,7 @@ def test_claim6_names_the_fallback_optimizee():
     ({"l2o": s(0.3), "adam": None, "sgd": s(0.6)}, None),
 ])
 def test_claim7_early_loss(losses, holds):
-    assert report.early_loss_claim(losses).holds is holds
+    assert verdicts.early_loss_claim(losses).holds is holds
 
 
 # --- the study's wiring on synthetic event files -----------------------------------------
@@ -308,7 +317,7 @@ def synthetic_study(tmp_path_factory):
 
 
 def test_every_claim_is_judged_on_the_papers_windows(synthetic_study):
-    found = report.verdicts(discover_runs(synthetic_study))
+    found = verdicts.verdicts(discover_runs(synthetic_study))
     assert [v.status for v in found] == ["holds"] * 7, "\n".join(map(str, found))
     assert "leaky_relu optimizee" in found[5].claim
 
@@ -322,13 +331,13 @@ def test_claim7_reads_the_l2os_loss_over_steps_1_to_200(synthetic_study, tmp_pat
     for seed in ("seed0", "seed1"):
         shutil.rmtree(tmp_path / "leaky_relu" / "l2o" / seed)
         write_run(tmp_path / "leaky_relu" / "l2o" / seed, {"train/loss": const(0, 199, 0.55)})
-    verdict = report.verdicts(discover_runs(tmp_path))[6]
+    verdict = verdicts.verdicts(discover_runs(tmp_path))[6]
     assert verdict.claim.startswith("7. ") and verdict.status == "does not hold"
     assert "L2O 0.55 ± 0, Adam 0.5 ± 0, SGD 0.6 ± 0" in verdict.measured
 
 
 def test_update_sizes_pool_every_parameter_at_the_papers_histogram_steps(synthetic_study):
-    l2o = report.update_sizes(select(discover_runs(synthetic_study), "leaky_relu", "l2o"))
+    l2o = verdicts.update_sizes(select(discover_runs(synthetic_study), "leaky_relu", "l2o"))
     assert {k: v.mean for k, v in l2o.items()} == pytest.approx({1: 0.2, 5: 0.1, 100: 0.06})
 
 
@@ -348,10 +357,10 @@ def test_the_report_reads_the_papers_1_based_steps_at_global_step_k_minus_1(tmp_
     assert row["rescale_dev_1_100"] == pytest.approx((1 + sum(range(10, 101, 10))) / 11)  # k = 1, 10, .., 100
     assert row["update_norm_1_10"] == pytest.approx(5.5)  # k = 1 and 10
     steps, values = runs[0].series("symmetry/rescale/update/abs_sum")
-    assert report.peak_step(steps, values) == 100
-    assert report.window_mean(steps, values, report.STEPS_91_100) == 100  # k = 100 alone
-    assert report.window_mean(steps, values, report.STEPS_1_10) == 5.5
-    sizes = report.update_sizes(runs)
+    assert verdicts.peak_step(steps, values) == 100
+    assert verdicts.window_mean(steps, values, verdicts.STEPS_91_100) == 100  # k = 100 alone
+    assert verdicts.window_mean(steps, values, verdicts.STEPS_1_10) == 5.5
+    sizes = verdicts.update_sizes(runs)
     assert {k: v.mean for k, v in sizes.items()} == pytest.approx({k: k for k in (1, 5, 10, 30, 100, 500)})
     (line,) = figures.fig1_symmetry(runs).axes[0].lines  # the figures' x-axis: k
     np.testing.assert_array_equal(line.get_xdata()[:3], [1, 10, 20])
@@ -364,7 +373,7 @@ def test_claim6_reads_the_sigmoid_runs_when_there_are_some(synthetic_study, tmp_
     shutil.copytree(synthetic_study, tmp_path, dirs_exist_ok=True)
     for optimizer, size in (("l2o", 0.01), ("adam", 0.05), ("sgd", 0.02), ("lion", 0.02)):
         write_run(tmp_path / "sigmoid" / optimizer / "seed0", {}, size_histograms({1: size, 5: size}))
-    verdict = report.verdicts(discover_runs(tmp_path))[5]
+    verdict = verdicts.verdicts(discover_runs(tmp_path))[5]
     assert "sigmoid optimizee" in verdict.claim
     assert verdict.status == "does not hold"  # on sigmoid the L2O starts smallest
 
@@ -375,7 +384,7 @@ def test_a_missing_run_leaves_its_claims_not_measured(synthetic_study, tmp_path)
     shutil.copytree(synthetic_study, tmp_path, dirs_exist_ok=True)
     shutil.rmtree(tmp_path / "leaky_relu" / "lion")
     shutil.rmtree(tmp_path / "leaky_relu" / "l2o_reg_0.5")
-    found = report.verdicts(discover_runs(tmp_path))
+    found = verdicts.verdicts(discover_runs(tmp_path))
     assert [v.status for v in found] == ["not measured", "holds", "not measured", "holds", "not measured",
                                          "not measured", "holds"]
     assert "Lion no data" in found[0].measured and "beta=0.5 no data" in found[2].measured
@@ -491,7 +500,7 @@ def test_figure_lines_are_the_seed_means(synthetic_study):
                                   strict=True):
         drawn = lines_by_label(ax)
         present = {r.optimizer for r in runs if r.optimizee == optimizee}
-        assert set(drawn) == present & set(report.NAMES)
+        assert set(drawn) == present & set(verdicts.NAMES)
         for optimizer, line in drawn.items():
             agg = aggregate(select(runs, optimizee, optimizer), tag)
             np.testing.assert_array_equal(line.get_xdata(), agg.steps + 1)  # at k = global_step + 1
