@@ -85,10 +85,13 @@ class OptimizeeModule(L.LightningModule):
         optimizer = type(self.trainer.optimizers[0]).__name__ if self.trainer.optimizers else "?"
         finite = bool(torch.isfinite(loss))
         blowup = f" (over {BLOWUP_FACTOR:g} x its first, {self.first_loss:.4g})" if finite else ""
+        remedy = "Lower its learning rate (`--optimizer.lr`)"
+        if optimizer == "L2O":
+            remedy = ("Lower the learned optimizer's output scale (`--optimizer.out_mult`) or check its "
+                      "checkpoint (`--optimizer.checkpoint`)")
         return (
             f"the optimizee diverged: train loss is {loss.item():.4g} at step {self.global_step} "
-            f"with optimizer {optimizer}{blowup}. Lower its learning rate (`--optimizer.lr`) or check the "
-            "optimizer checkpoint; logs written so far are kept."
+            f"with optimizer {optimizer}{blowup}. {remedy}; logs written so far are kept."
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -103,6 +103,7 @@ def _exploding_l2o_stderr(run_cli, capsys, tmp_path, out_mult: str, steps: str) 
 def test_exploding_l2o_stops_meta_testing_naming_step_and_optimizer(run_cli, capsys, tmp_path):
     err = _exploding_l2o_stderr(run_cli, capsys, tmp_path, "1e30", "5")
     assert re.search(r"diverged: train loss is nan at step 1 with optimizer L2O", err), err
+    assert "`--optimizer.out_mult`" in err and "`--optimizer.lr`" not in err  # the L2O has no lr
 
 
 def test_a_finite_blow_up_stops_meta_testing_like_a_non_finite_loss(run_cli, capsys, tmp_path):
