@@ -12,7 +12,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from l2o_lightning.cli import _fill_run_name, main
+from l2o_lightning.cli import main
+from l2o_lightning.cli_runs import _fill_run_name
 from l2o_lightning.tb import read_scalars
 
 CONFIGS = REPO / "configs"
