@@ -5,17 +5,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from l2o_lightning.reproduce import (
-    FIGURES,
-    GRID,
-    PRESETS,
-    PROTOCOLS,
-    Study,
-    _run_l2o,
-    _run_l2o_subprocess,
-    checkpoint_path,
-    plan,
-)
+from l2o_lightning.reproduce import FIGURES, GRID, PRESETS, PROTOCOLS, plan
+from l2o_lightning.study import Study, _run_l2o, _run_l2o_subprocess, checkpoint_path
 
 
 def _configs(job):

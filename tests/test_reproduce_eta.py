@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from l2o_lightning.reproduce import (
-    PRESETS,
-    Job,
-    Study,
-    format_duration,
-    job_kind,
-    plan,
-    projected_seconds,
-)
+from l2o_lightning.reproduce import PRESETS, plan
+from l2o_lightning.study import Job, Study, format_duration, job_kind, projected_seconds
 
 TRAININGS = [Job(f"meta_train/{name}", ()) for name in ("leaky_relu", "bn_relu")]
 TESTS = [Job(f"logs/paper/leaky_relu/{optimizer}/seed0", ())
