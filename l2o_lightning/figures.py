@@ -131,7 +131,7 @@ def magnitude_fractions(edges: np.ndarray, counts: np.ndarray) -> tuple[np.ndarr
     edges) as a log axis can draw it: the edges of the buckets that start above zero, each such
     bucket's fraction of all the values, and how many values are left out: those of buckets
     starting at zero (exact zeros, with the bins of
-    :func:`~l2o_lightning.callbacks.update_stats.magnitude_edges`).
+    :func:`~l2o_lightning.dynamics.histograms.magnitude_edges`).
 
     >>> edges, fractions, zeros = magnitude_fractions(np.array([0.0, 1e-3, 1e-1, 1e1]), np.array([2, 5, 3]))
     >>> edges.tolist(), fractions.tolist(), zeros

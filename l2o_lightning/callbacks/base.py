@@ -11,7 +11,6 @@ the convention of :mod:`l2o_lightning.steps`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import lightning as L
@@ -21,8 +20,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
-from l2o_lightning.dynamics.per_sample import UnitGroup, grouped_pool_gradients, split_units
-from l2o_lightning.dynamics.update_rules import optimizer_params, updates
+from l2o_lightning.dynamics.histograms import histogram
+from l2o_lightning.dynamics.layout import flat_grad, optimizer_index
+from l2o_lightning.dynamics.noise import REFERENCES, Noise, Reference, pool_noise
+from l2o_lightning.dynamics.per_sample import UnitGroup, split_units
+from l2o_lightning.dynamics.update_rules import updates
 from l2o_lightning.errors import ConfigError
 from l2o_lightning.optimizee_steps import OptimizeeStep, RowUpdates
 from l2o_lightning.optimizees import MLP
@@ -38,27 +40,6 @@ def optimizee_of(pl_module: L.LightningModule) -> MLP:
             f"l2o_lightning.optimizee_module.OptimizeeModule), got {type(pl_module).__name__}."
         )
     return model
-
-
-def flat_grad(model: MLP) -> Tensor:
-    """The current ``.grad`` of every optimizee parameter as one ``[D]`` copy (0 if none)."""
-    grads = {n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in model.named_parameters()}
-    return model.layout.flatten(grads).detach().clone()
-
-
-def optimizer_index(optimizer: Optimizer, model: MLP) -> Tensor | slice:
-    """Positions in the optimizee's flat layout of the optimizer's coordinates, in the
-    optimizer's order: ``flat[..., index]`` is what update rules take (``slice(None)``, a
-    view, when the orders agree, as for ``OptimizeeModule``)."""
-    slices = {id(p): model.layout.slices[name] for name, p in model.named_parameters()}
-    params = optimizer_params(optimizer)
-    if not all(id(p) in slices for p in params):
-        raise ConfigError(
-            f"the optimizer {type(optimizer).__name__} holds parameters that are not the "
-            "optimizee's; the probes need an optimizer over `pl_module.optimizee`."
-        )
-    index = torch.cat([torch.arange(slices[id(p)].start, slices[id(p)].stop) for p in params])
-    return slice(None) if torch.equal(index, torch.arange(model.layout.numel)) else index
 
 
 class Probe(L.Callback):
@@ -107,13 +88,8 @@ class Probe(L.Callback):
 
     def log_histogram(self, tag: str, values: Tensor, step: int, bins: int | Tensor) -> None:
         """A histogram of CPU ``values`` with ``bins`` equal-width bins or the given float64
-        edges, binned by torch (the TensorBoard writer's numpy binning costs several times more)."""
-        counts, edges = torch.histogram(values.double(), bins)
-        self._logger.experiment.add_histogram_raw(
-            tag, min=values.min().item(), max=values.max().item(), num=values.numel(),
-            sum=values.sum().item(), sum_squares=values.square().sum().item(),
-            bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(), global_step=step,
-        )
+        edges (:func:`~l2o_lightning.dynamics.histograms.histogram`)."""
+        self._logger.experiment.add_histogram_raw(tag, **histogram(values, bins)._asdict(), global_step=step)
 
 
 class AppliedUpdateProbe(Probe):
@@ -154,42 +130,6 @@ class AppliedUpdateProbe(Probe):
     ) -> None:
         if self.due_at(step.position):
             self.observe(step.position, optimizee_of(pl_module), step.params, step.grad, step.update)
-
-
-# the centre of the update noise: the mean of the units' updates, or the update of their mean gradient
-Reference = Literal["mean_update", "update_of_mean"]
-REFERENCES = ("mean_update", "update_of_mean")
-
-
-@dataclass(frozen=True)
-class Noise:
-    """What the noise probes see at one step.
-
-    Attributes:
-        grads: unit gradients ``g_i``, ``[M, D]`` (optimizee layout).
-        grad_ref: their mean ``g_ref = (1/M) sum_i g_i``, ``[D]`` (every unit counts once,
-            a ragged last minibatch too).
-        updates: ``U(g_i)``, the updates the optimizer would apply, ``[M, D']`` (in the
-            optimizer's parameter order; the optimizee layout during meta-training).
-        update_of_mean: ``U(g_ref)``, ``[D']``.
-    """
-
-    grads: Tensor
-    grad_ref: Tensor
-    updates: Tensor
-    update_of_mean: Tensor
-
-    def update_ref(self, reference: Reference) -> Tensor:
-        """The centre ``u_ref`` of the update noise ``U(g_i) - u_ref``, ``[D']``:
-
-        - ``mean_update``: ``u_ref = (1/M) sum_i U(g_i)``, so the noise is the spread of the
-          updates themselves (the paper's centring).
-        - ``update_of_mean``: ``u_ref = U(g_ref)``, so the noise is each update's deviation
-          from the one the whole pool's gradient would give. A nonlinear rule (Adam, Lion,
-          an L2O) has ``U(g_ref) != mean_i U(g_i)``; that offset is added to every row and
-          inflates the noise. SGD's rule is affine in ``g``, so both centres agree.
-        """
-        return self.updates.mean(0) if reference == "mean_update" else self.update_of_mean
 
 
 class NoiseProbe(Probe):
@@ -300,8 +240,6 @@ class NoiseProbe(Probe):
         self.observe(step, NoiseProbe._shared[key])
 
     def noise(self, model: MLP, theta: Tensor, rule: RowUpdates) -> Noise:
-        """Unit gradients at ``theta`` (``[D]``) and the updates ``rule`` gives them."""
-        grads = grouped_pool_gradients(model, theta, self._pool)  # [M, D]
-        grad_ref = grads.mean(0)
-        ups = rule(torch.cat([grads, grad_ref[None]]))  # [M + 1, D']
-        return Noise(grads, grad_ref, ups[:-1], ups[-1])
+        """Unit gradients at ``theta`` (``[D]``) and the updates ``rule`` gives them
+        (:func:`~l2o_lightning.dynamics.noise.pool_noise` of the probe's pool)."""
+        return pool_noise(model, theta, self._pool, rule)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from l2o_lightning.callbacks.base import Noise, NoiseProbe
+from l2o_lightning.callbacks.base import NoiseProbe
 from l2o_lightning.dynamics.covariance import covariance_stats
+from l2o_lightning.dynamics.noise import Noise
 
 
 class CovarianceProbe(NoiseProbe):
     """Logs ``covariance/top_eig`` and ``covariance/trace`` of
     ``K = (1/M) sum_i (U(g_i) - u_ref)(U(g_i) - u_ref)^T`` over the pool's units, ``u_ref`` the
-    centre chosen by ``reference`` (:meth:`~l2o_lightning.callbacks.base.Noise.update_ref`;
+    centre chosen by ``reference`` (:meth:`~l2o_lightning.dynamics.noise.Noise.update_ref`;
     with ``mean_update``, ``K`` is the updates' covariance). The paper: ``num_units: 93``
     (20 % of the training loader), ``reference: mean_update``.
 

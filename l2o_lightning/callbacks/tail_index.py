@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from l2o_lightning.callbacks.base import Noise, NoiseProbe
+from l2o_lightning.callbacks.base import NoiseProbe
+from l2o_lightning.dynamics.noise import Noise
 from l2o_lightning.dynamics.tail_index import tail_index
 
 
@@ -10,7 +11,7 @@ class TailIndexProbe(NoiseProbe):
     """Logs ``tail_index/grad``, alpha of ``g_i - g_ref``, and ``tail_index/update``, alpha of
     ``U(g_i) - u_ref`` (``U`` the optimizer's update rule in its current state), every
     coordinate of every unit one sample; ``g_ref`` is the mean gradient over the pool and
-    ``u_ref`` the centre chosen by ``reference`` (:meth:`~l2o_lightning.callbacks.base.Noise.update_ref`).
+    ``u_ref`` the centre chosen by ``reference`` (:meth:`~l2o_lightning.dynamics.noise.Noise.update_ref`).
     The paper: ``num_units: all`` (the whole training loader), ``reference: mean_update``.
 
     Args:

@@ -3,39 +3,22 @@ update-size and histogram plots)."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from l2o_lightning.callbacks.base import AppliedUpdateProbe
+from l2o_lightning.dynamics.histograms import magnitude_edges
 from l2o_lightning.optimizees import MLP
 from l2o_lightning.steps import HISTOGRAM_STEPS, probe_due
 
 HISTOGRAM_BINS = 64
 
 
-def magnitude_edges(size: Tensor, bins: int) -> Tensor | int:
-    """Bin edges for values ``>= 0`` that resolve magnitudes on a log axis: ``0``, then
-    ``bins`` log-spaced edges from the smallest positive value to the largest (so exact
-    zeros, and only they, fall in the first bucket); ``bins`` equal-width bins when there
-    are fewer than two distinct positive values.
-
-    >>> magnitude_edges(torch.tensor([0.0, 1e-3, 1e-1, 1e1]), 3)
-    tensor([0.0000e+00, 1.0000e-03, 1.0000e-01, 1.0000e+01], dtype=torch.float64)
-    """
-    positive = size[size > 0].double()
-    if positive.numel() == 0 or positive.min() == positive.max():
-        return bins
-    lo, hi = positive.min(), positive.max()
-    edges = torch.logspace(lo.log10().item(), hi.log10().item(), bins, dtype=torch.float64)
-    edges[0], edges[-1] = lo, hi  # exact ends despite rounding in logspace
-    return torch.cat([edges.new_zeros(1), edges])
-
-
 class UpdateStatsProbe(AppliedUpdateProbe):
     """Logs ``update/abs_mean`` (mean ``|u|``), ``update/abs_max`` (max ``|u|``),
     ``update/norm`` (``||u||_2``) of the applied update ``u``, and per parameter tensor the
-    histograms ``update_hist/<param>`` of ``|u|`` (log-spaced bins, :func:`magnitude_edges`)
-    and ``grad_hist/<param>`` of the gradient (equal-width bins), ``HISTOGRAM_BINS`` each.
+    histograms ``update_hist/<param>`` of ``|u|`` (log-spaced bins,
+    :func:`~l2o_lightning.dynamics.histograms.magnitude_edges`) and ``grad_hist/<param>`` of the
+    gradient (equal-width bins), ``HISTOGRAM_BINS`` each.
 
     Args:
         every_n_steps: the scalars and histograms at the 1-based optimizee steps 1 and every
