@@ -76,9 +76,12 @@ class LSTMOptimizerNet(nn.Module):
         self, hidden_size: int = 20, num_layers: int = 2, preproc_p: float = 10.0, out_mult: float = 0.1
     ) -> None:
         super().__init__()
-        if hidden_size <= 0 or num_layers <= 0:
+        for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` of LSTMOptimizerNet must be a positive integer, got {value!r}.")
+        if not 0 < preproc_p < math.inf:  # log|g| / p and e^p g need a finite p > 0
             raise ValueError(
-                f"hidden_size and num_layers must be positive, got {hidden_size} and {num_layers}"
+                f"`preproc_p` of LSTMOptimizerNet must be positive and finite, got {preproc_p!r}."
             )
         self.hidden_size = hidden_size
         self.num_layers = num_layers

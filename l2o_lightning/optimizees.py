@@ -130,6 +130,9 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         validate_optimizee_args(hidden, activation)
+        for name, value in (("in_features", in_features), ("num_classes", num_classes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"`{name}` of MLP must be a positive integer, got {value!r}.")
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
         self.batchnorm = batchnorm
@@ -211,7 +214,9 @@ def validate_optimizee_args(hidden: Sequence[int], activation: str) -> None:
             f"unknown activation {activation!r} (setting `model.activation`); "
             f"allowed: {', '.join(sorted(ACTIVATIONS))}."
         )
-    if isinstance(hidden, int | str) or not all(isinstance(h, int) and h > 0 for h in hidden):
+    if isinstance(hidden, int | str) or not hidden or not all(
+        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
+    ):
         raise ConfigError(
             f"invalid hidden sizes {hidden!r} (setting `model.hidden`); "
             "give a list of positive layer widths, e.g. [20] or [40, 40]."

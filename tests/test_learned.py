@@ -135,6 +135,24 @@ def test_initial_state_and_shape_errors():
         net(torch.zeros(7), net.initial_state((6,)))
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(hidden_size=0), r"`hidden_size` .* positive integer, got 0"),
+        (dict(hidden_size=-4), r"`hidden_size` .* got -4"),
+        (dict(hidden_size=2.5), r"`hidden_size` .* got 2.5"),
+        (dict(num_layers=0), r"`num_layers` .* positive integer, got 0"),
+        (dict(num_layers=True), r"`num_layers` .* got True"),
+        (dict(preproc_p=0.0), r"`preproc_p` .* positive and finite, got 0.0"),
+        (dict(preproc_p=-10.0), r"`preproc_p` .* got -10.0"),
+        (dict(preproc_p=math.inf), r"`preproc_p` .* got inf"),
+    ],
+)
+def test_bad_network_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LSTMOptimizerNet(**kwargs)
+
+
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
 def test_compiled_kernels_match_eager():
     torch.manual_seed(0)

@@ -64,6 +64,11 @@ def test_symmetry_groups_follow_the_architecture():
         (dict(activation="tanh"), r"unknown activation 'tanh'.*model.activation.*leaky_relu"),
         (dict(hidden=[20, 0]), r"invalid hidden sizes \[20, 0\].*model.hidden.*positive"),
         (dict(hidden=[-3]), r"model.hidden"),
+        (dict(hidden=[]), r"invalid hidden sizes \[\].*model.hidden"),
+        (dict(hidden=20), r"invalid hidden sizes 20.*model.hidden"),
+        (dict(hidden=[True]), r"invalid hidden sizes \[True\].*model.hidden"),
+        (dict(in_features=0), r"`in_features` of MLP must be a positive integer, got 0"),
+        (dict(num_classes=-1), r"`num_classes` of MLP must be a positive integer, got -1"),
     ],
 )
 def test_bad_optimizee_settings_name_the_setting(kwargs, match):
