@@ -1,6 +1,6 @@
 """Real ``l2o`` subprocesses for tests, and callbacks they add to them (importable there
 through ``PYTHONPATH=tests``): kill the process with a real SIGKILL at a chosen point, or save
-each DDP process's L2O weights."""
+each DDP process's L2O weights, or make one process diverge."""
 
 from __future__ import annotations
 
@@ -90,3 +90,15 @@ class SaveRankWeights(L.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = {name: p.detach().cpu() for name, p in pl_module.net.state_dict().items()}
         torch.save(weights, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+class ExplodeOnRank(L.Callback):
+    """Multiply the L2O's output by ``1e30`` on process ``rank`` alone during training batch
+    ``batch`` (that process's optimizee parameters overflow; the others' stay finite)."""
+
+    def __init__(self, rank: int, batch: int) -> None:
+        self.rank, self.batch = rank, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        exploding = trainer.global_rank == self.rank and batch_idx == self.batch
+        pl_module.net.out_mult = 1e30 if exploding else 0.1

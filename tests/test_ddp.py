@@ -69,3 +69,25 @@ def test_two_ddp_processes_equal_one_process_with_both_tasks(mnist_dir, tmp_path
         assert [s for s, _ in alone_curve] == [s for s, _ in ddp_curve] == steps
         values = [torch.tensor([v for _, v in curve]) for curve in (ddp_curve, alone_curve)]
         torch.testing.assert_close(*values, rtol=1e-3, atol=1e-9)
+
+
+def test_a_truncation_diverged_on_one_process_is_skipped_on_both(mnist_dir, tmp_path):
+    saver = {"class_path": "subprocess_helpers.SaveRankWeights",
+             "init_args": {"folder": str(tmp_path / "weights")}}
+    explode = {"class_path": "subprocess_helpers.ExplodeOnRank", "init_args": {"rank": 1, "batch": 1}}
+    config = callbacks_config(tmp_path / "explode.yaml", [saver, explode], append=True)
+    result = run_l2o([*TINY, "-c", str(config), "--model.init_args.tasks_per_step", "1",
+                      "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                      "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")], cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # process 1 alone diverged in batch 1; both skipped its meta-step and stayed in step
+    ranks = [torch.load(tmp_path / "weights" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, weight in ranks[0].items():
+        assert torch.isfinite(weight).all() and torch.equal(weight, ranks[1][name]), name
+    scalars = raw_scalars(tmp_path / "logs" / "meta_train" / "leaky_relu" / "version_0")
+    assert [value for _, value in scalars["meta/diverged"]] == [0, 1, 1, 1, 1]
+    # the budget counts meta-steps taken: 4 (2 rounds x 2 truncations), so 5 batches with the skipped one
+    assert [value for _, value in scalars["meta/trajectory_step"]] == [2, 4, 2, 4, 2]
+    checkpoint = torch.load(next((tmp_path / "logs").glob("**/last.ckpt")), weights_only=True)
+    assert checkpoint["global_step"] == 4 and checkpoint["meta_training"]["progress"]["diverged"] == 1
