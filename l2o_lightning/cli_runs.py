@@ -195,10 +195,11 @@ def _found(last: Path | None, config) -> Path:
 
 def _log_evaluation_in_its_run(config, checkpoint: Path, subcommand: str) -> None:
     """Log an evaluation of a run's checkpoint (one in ``<run>/checkpoints/``) inside that run,
-    at ``<run>/<subcommand>/<checkpoint stem>``, not as a new ``version_<n>`` beside the training
-    runs: the unversioned TensorBoard logger is pointed there."""
+    at ``<run>/<subcommand>/<checkpoint stem>/version_<n>``, not as a new ``version_<n>`` beside
+    the training runs: the unversioned TensorBoard logger is pointed there, and each evaluation
+    of the same checkpoint gets its own version (none drops another's points as already logged)."""
     init_args = _tensorboard_settings(config)
     if init_args is None or init_args.get("version") is not None or checkpoint.parent.name != "checkpoints":
         return
     init_args["save_dir"] = str(checkpoint.expanduser().parent.parent)
-    init_args["name"], init_args["version"] = subcommand, checkpoint.stem
+    init_args["name"] = f"{subcommand}/{checkpoint.stem}"

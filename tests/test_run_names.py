@@ -34,9 +34,14 @@ def test_testing_a_meta_training_checkpoint_logs_inside_its_run(run_cli, tmp_pat
     run_cli("test", "-c", "configs/meta_train/leaky_relu.yaml", *TINY, *TEST, "--ckpt_path", checkpoint)
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # no version_1 beside it
     assert (run / "config.yaml").read_bytes() == trained_config
-    tested = run / "test" / "last"
+    tested = run / "test" / "last" / "version_0"
     assert len(read_scalars(tested)["test/loss_curve"]) == 3
     assert yaml.safe_load((tested / "config.yaml").read_text())["model"]["init_args"]["test_n_iters"] == 3
+    # testing it again, longer, logs apart: nothing of the first test is overwritten or dropped
+    run_cli("test", "-c", "configs/meta_train/leaky_relu.yaml", *TINY, *TEST, "--ckpt_path", checkpoint,
+            "--model.init_args.test_n_iters", "4")
+    assert len(read_scalars(tested)["test/loss_curve"]) == 3
+    assert len(read_scalars(run / "test" / "last" / "version_1")["test/loss_curve"]) == 4
 
 
 def test_testing_last_without_a_run_names_where_it_looked(run_cli, tmp_path, capsys):
