@@ -39,8 +39,15 @@ def mnist_dir() -> Path:
 
 
 @pytest.fixture
-def run_cli(mnist_dir, tmp_path, monkeypatch):
-    """Run ``l2o`` in-process from the repo root with logs under ``tmp_path``."""
+def run_cli(mnist_dir, run_cli_no_data):
+    """Run ``l2o`` in-process from the repo root with logs under ``tmp_path``, MNIST found."""
+    return run_cli_no_data
+
+
+@pytest.fixture
+def run_cli_no_data(tmp_path, monkeypatch):
+    """Run ``l2o`` in-process from the repo root with logs under ``tmp_path``, whether MNIST is
+    there or not: for runs that must stop before they read any data (parsing, pre-run checks)."""
     from l2o_lightning.cli import main
 
     monkeypatch.chdir(REPO)

@@ -56,22 +56,27 @@ def _fails_with(run_cli, capsys, args, match):
         (["--optimizer", "torch.optim.Nope"], r"optimizer.*torch.optim.Nope.*--help"),
         (["--trainer.max_stepz", "5"], r"`trainer.max_stepz` \(on the command line\) is not a setting"),
         (["--model.init_args.activaton", "relu"], r"`model.init_args.activaton`.*mean `activation`\?"),
-        ([], r"no optimizer configured.*configs/optimizers/adam.yaml"),
     ],
 )
-def test_bad_settings_end_in_one_clean_message(run_cli, capsys, args, match):
-    _fails_with(run_cli, capsys, args, match)
+def test_bad_settings_end_in_one_clean_message(run_cli_no_data, capsys, args, match):
+    _fails_with(run_cli_no_data, capsys, args, match)
 
 
-def test_a_shipped_config_named_elsewhere_points_to_the_repository(run_cli, capsys, tmp_path, monkeypatch):
+def test_no_optimizer_names_the_optimizer_configs(run_cli, capsys):
+    _fails_with(run_cli, capsys, [], r"no optimizer configured.*configs/optimizers/adam.yaml")
+
+
+def test_a_shipped_config_named_elsewhere_points_to_the_repository(
+    run_cli_no_data, capsys, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # configs/meta_test/leaky_relu.yaml is not here
-    _fails_with(run_cli, capsys, [], rf"File does not exist.*lie in {REPO}: run l2o there, or pass "
+    _fails_with(run_cli_no_data, capsys, [], rf"File does not exist.*lie in {REPO}: run l2o there, or pass "
                                      rf"{REPO / 'configs/meta_test/leaky_relu.yaml'}")
 
 
-def test_missing_data_offline_names_the_root_and_both_settings(run_cli, capsys, tmp_path):
+def test_missing_data_offline_names_the_root_and_both_settings(run_cli_no_data, capsys, tmp_path):
     empty = tmp_path / "no_mnist_here"
-    _fails_with(run_cli, capsys, ["-c", "configs/optimizers/sgd.yaml", "--data.data_dir", str(empty),
+    _fails_with(run_cli_no_data, capsys, ["-c", "configs/optimizers/sgd.yaml", "--data.data_dir", str(empty),
                                   "--data.download", "false"],
                 rf"MNIST not found under '{empty}'.*data.data_dir.*L2O_DATA_DIR")
 

@@ -28,12 +28,13 @@ def fails_with(run_cli, capsys, *args: str, config: str = "configs/meta_test/lea
     return line
 
 
-def test_an_empty_ckpt_path_names_the_setting(run_cli, capsys):
-    line = fails_with(run_cli, capsys, *SGD, "--ckpt_path", "", config="configs/meta_train/leaky_relu.yaml")
+def test_an_empty_ckpt_path_names_the_setting(run_cli_no_data, capsys):
+    line = fails_with(run_cli_no_data, capsys, *SGD, "--ckpt_path", "",
+                      config="configs/meta_train/leaky_relu.yaml")
     assert "`ckpt_path` is empty (an unset shell variable?)" in line and "`last`" in line
 
 
-def test_a_log_folder_under_a_file_names_the_setting_and_creates_nothing(run_cli, capsys, tmp_path):
+def test_a_log_folder_under_a_file_names_the_setting_and_creates_nothing(run_cli_no_data, capsys, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     # run_cli's own save_dir comes last: give the blocked one through a config file
@@ -50,7 +51,7 @@ def test_a_log_folder_under_a_file_names_the_setting_and_creates_nothing(run_cli
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-def test_a_log_folder_without_permission_names_the_setting(run_cli, capsys, tmp_path):
+def test_a_log_folder_without_permission_names_the_setting(run_cli_no_data, capsys, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     config = tmp_path / "logger.yaml"
@@ -76,8 +77,8 @@ def test_a_log_folder_without_permission_names_the_setting(run_cli, capsys, tmp_
         (["--data.batch_sizee", "3"], "did you mean `data.batch_size`?"),
     ],
 )
-def test_a_misspelt_key_is_named_with_the_closest_valid_one(run_cli, capsys, args, expected):
-    assert expected in fails_with(run_cli, capsys, *SGD, *args)
+def test_a_misspelt_key_is_named_with_the_closest_valid_one(run_cli_no_data, capsys, args, expected):
+    assert expected in fails_with(run_cli_no_data, capsys, *SGD, *args)
 
 
 @pytest.mark.parametrize(
@@ -92,10 +93,10 @@ def test_a_misspelt_key_is_named_with_the_closest_valid_one(run_cli, capsys, arg
          "`trainer.max_stepz` (in {file}) is not a setting of `l2o fit`; did you mean `trainer.max_steps`?"),
     ],
 )
-def test_a_misspelt_key_in_a_config_file_names_the_file(run_cli, capsys, tmp_path, content, expected):
+def test_a_misspelt_key_in_a_config_file_names_the_file(run_cli_no_data, capsys, tmp_path, content, expected):
     file = tmp_path / "mine.yaml"
     file.write_text(content)
-    assert expected.format(file=file) in fails_with(run_cli, capsys, *SGD, "-c", str(file))
+    assert expected.format(file=file) in fails_with(run_cli_no_data, capsys, *SGD, "-c", str(file))
 
 
 def test_a_negative_learning_rate_names_the_setting(run_cli, capsys):
