@@ -26,7 +26,7 @@ def test_every_shipped_optimizer_loads_by_name_and_takes_a_finite_step(name):
     assert set(content) == {CHECKPOINT_KEY, pretrained.PROVENANCE_KEY}  # weights and provenance only
     provenance = content[pretrained.PROVENANCE_KEY]
     assert provenance["meta_steps"] == PAPER_META_STEPS and len(provenance["commit"]) == 40
-    assert provenance["command"].startswith(f"l2o fit -c configs/paper/meta_train/{name}.yaml")
+    assert f"l2o fit -c configs/paper/meta_train/{name}.yaml" in provenance["command"]
     torch.manual_seed(0)
     model = MLP()
     before = [p.detach().clone() for p in model.parameters()]

@@ -112,8 +112,10 @@ def write_card(run_dir: Path, name: str, provenance: dict) -> None:
              f"- exported from: {provenance['source']} (meta-step {provenance['source_step']}, best epoch)",
              f"- trajectories started: {provenance['trajectories_started']}; truncations skipped as "
              f"diverged: {provenance['diverged']}", "",
-             "Last validation (5 fresh optimizees, 200 steps):", ""]
-    lines += [f"- `{tag}` = {value:.4f} (meta-step {step})" for tag, (step, value) in sorted(last.items())]
+             "Last validation (5 fresh optimizees, 200 steps), logged per truncation (diverged ones, which "
+             "took no meta-step, included):", ""]
+    lines += [f"- `{tag}` = {value:.4f} (after truncation {step + 1})"
+              for tag, (step, value) in sorted(last.items())]
     (FOLDER / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
