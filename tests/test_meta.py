@@ -205,7 +205,7 @@ def test_meta_training_learns_checkpoints_and_feeds_l2o(run_cli, tmp_path):
     run_cli("test", "-c", "configs/meta_train/leaky_relu.yaml", "--ckpt_path", str(checkpoint),
             "--model.init_args.test_n_iters", "30", "--model.init_args.eval_tasks", "2")
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]  # logged inside the run
-    tested = read_scalars(run_dir / "test" / "last")
+    tested = read_scalars(run_dir / "test" / "last" / "version_0")
     assert len(tested["test/loss_curve"]) == 30
     assert tested["test/final_loss"][0][1] < tested["test/loss_curve"][0][1]
     # the mean over the 2 final optimizees of their accuracy on the 10000 test images: a count
