@@ -24,6 +24,36 @@ from l2o_lightning.unroll import run_trajectories
 VAL_CURVE_STEPS = (1, 10, 20, 50, 100, 200, 500, 1000)
 
 
+def own_tasks(tasks: int, rank: int, world_size: int) -> slice:
+    """The evaluation tasks process ``rank`` of ``world_size`` trains: ``rank``,
+    ``rank + world_size``, ... (``slice(rank, tasks, world_size)``; none when ``rank >= tasks``).
+
+    >>> [list(range(5))[own_tasks(5, rank, 2)] for rank in (0, 1)]
+    [[0, 2, 4], [1, 3]]
+    """
+    return slice(rank, tasks, world_size)
+
+
+def pad_tasks(values: Tensor, tasks: int, world_size: int) -> Tensor:
+    """A process's ``[own tasks, ...]`` rows padded with NaN to ``ceil(tasks / world_size)``,
+    the most any process owns, so every process gathers the same shape."""
+    width = -(-tasks // world_size)
+    padding = values.new_full((width - len(values), *values.shape[1:]), float("nan"))
+    return torch.cat([values, padding])
+
+
+def gather_tasks(gathered: Tensor, tasks: int) -> Tensor:
+    """All ``tasks`` rows, in task order, from the processes' padded rows gathered as
+    ``[world_size, width, ...]``: task ``t`` is row ``t // world_size`` of process
+    ``t % world_size`` (:func:`own_tasks`).
+
+    >>> rows = torch.tensor([[0.0, 2.0, 4.0], [1.0, 3.0, float("nan")]])[..., None]
+    >>> gather_tasks(rows, 5).flatten().tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0]
+    """
+    return gathered.transpose(0, 1).flatten(0, 1)[:tasks]
+
+
 class TrajectoryEvaluation:
     """The validation and test hooks of a ``LightningModule`` that meta-trains ``self.net`` on
     ``self.optimizee`` and starts trajectories with ``self.fresh_trajectory(tasks, seed,
@@ -47,20 +77,18 @@ class TrajectoryEvaluation:
 
     def evaluate_trajectories(self, stage: str, n_iters: int) -> None:
         """Train ``eval_tasks`` fresh optimizees with the current LSTM on the training split;
-        log their loss curve and summary, keep the final parameters for the test split."""
-        x, y, batch_size = self.training_split()
-        tasks, seed = self.eval_tasks, self.eval_seed
-        start = self.fresh_trajectory(range(tasks), seed, round_=0)
-        minibatches = (  # [tasks, B, ...]: one minibatch per optimizee and step
-            (xb.view(tasks, batch_size, -1).to(self.device), yb.view(tasks, batch_size).to(self.device))
-            for xb, yb in EndlessMinibatches(x, y, batch_size, seed, batches_per_item=tasks)
-        )
-        shown = self.trainer.progress_bar_callback is not None and self.trainer.is_global_zero
-        description = f"{stage} trajectories ({tasks} optimizees)"
-        with tqdm(minibatches, description, n_iters, leave=False, unit="step", disable=not shown) as steps:
-            losses, self.eval_final_params = run_trajectories(
-                self.net, self.optimizee, start, iter(steps), n_iters
-            )
+        log their loss curve and summary, keep the final parameters for the test split.
+
+        Under DDP each process trains its share of them (:func:`own_tasks`) and all gather
+        the losses and final parameters, so every process logs and tests all of them: the
+        numbers one process with every task would have."""
+        tasks, world_size = self.eval_tasks, self.trainer.world_size
+        mine = own_tasks(tasks, self.global_rank, world_size)
+        losses, final_params = self.train_own_tasks(stage, n_iters, mine)
+        if world_size > 1:
+            losses = gather_tasks(self.all_gather(pad_tasks(losses.T, tasks, world_size)), tasks).T
+            final_params = gather_tasks(self.all_gather(pad_tasks(final_params, tasks, world_size)), tasks)
+        self.eval_final_params = final_params
         curve = losses.mean(1).tolist()
         if stage == "test":
             for logger in self.loggers:
@@ -71,6 +99,25 @@ class TrajectoryEvaluation:
             self.log_dict(points, sync_dist=True)
         self.log(f"{stage}/final_loss", curve[-1], sync_dist=True)
         self.log(f"{stage}/mean_loss", sum(curve) / len(curve), prog_bar=True, sync_dist=True)
+
+    def train_own_tasks(self, stage: str, n_iters: int, mine: slice) -> tuple[Tensor, Tensor]:
+        """Losses ``[n_iters, own tasks]`` and final parameters ``[own tasks, D]`` of this
+        process's evaluation tasks ``mine``, each with the initialisation and minibatches it
+        has in one process with every task."""
+        x, y, batch_size = self.training_split()
+        tasks, seed = self.eval_tasks, self.eval_seed
+        own, device = range(tasks)[mine], self.device
+        if not own:  # more processes than evaluation tasks
+            return torch.empty(n_iters, 0, device=device), torch.empty(0, self.optimizee.numel, device=device)
+        minibatches = (  # [own tasks, B, ...]: one minibatch per optimizee and step
+            (xb.view(tasks, batch_size, -1)[mine].to(device), yb.view(tasks, batch_size)[mine].to(device))
+            for xb, yb in EndlessMinibatches(x, y, batch_size, seed, batches_per_item=tasks)
+        )
+        shown = self.trainer.progress_bar_callback is not None and self.trainer.is_global_zero
+        description = f"{stage} trajectories ({len(own)} of {tasks} optimizees on this process)"
+        with tqdm(minibatches, description, n_iters, leave=False, unit="step", disable=not shown) as steps:
+            start = self.fresh_trajectory(own, seed, round_=0)
+            return run_trajectories(self.net, self.optimizee, start, iter(steps), n_iters)
 
     def training_split(self) -> tuple[Tensor, Tensor, int]:
         datamodule = getattr(self.trainer, "datamodule", None)

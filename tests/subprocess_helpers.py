@@ -1,6 +1,7 @@
 """Real ``l2o`` subprocesses for tests, and callbacks they add to them (importable there
 through ``PYTHONPATH=tests``): kill the process with a real SIGKILL at a chosen point, or save
-each DDP process's L2O weights, or make one process diverge."""
+each DDP process's L2O weights, or make one process diverge, or count the evaluation
+optimizees a process trains."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from l2o_lightning import meta_eval
 from l2o_lightning.callbacks import SymmetryProbe
 
 TESTS = Path(__file__).resolve().parent
@@ -102,3 +104,25 @@ class ExplodeOnRank(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         exploding = trainer.global_rank == self.rank and batch_idx == self.batch
         pl_module.net.out_mult = 1e30 if exploding else 0.1
+
+
+class RecordEvaluationTasks(L.Callback):
+    """Record how many evaluation optimizees this process trains itself (the trajectories
+    passed to ``run_trajectories`` in :mod:`l2o_lightning.meta_eval`) into
+    ``folder/rank<r>.pt`` when testing ends."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.counts = Path(folder), []
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        original = meta_eval.run_trajectories
+
+        def counting(optimizer, optimizee, trajectory, *args):
+            self.counts.append(len(trajectory.params))
+            return original(optimizer, optimizee, trajectory, *args)
+
+        meta_eval.run_trajectories = counting
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.counts, self.folder / f"rank{trainer.global_rank}.pt")

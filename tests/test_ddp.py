@@ -91,3 +91,31 @@ def test_a_truncation_diverged_on_one_process_is_skipped_on_both(mnist_dir, tmp_
     assert [value for _, value in scalars["meta/trajectory_step"]] == [2, 4, 2, 4, 2]
     checkpoint = torch.load(next((tmp_path / "logs").glob("**/last.ckpt")), weights_only=True)
     assert checkpoint["global_step"] == 4 and checkpoint["meta_training"]["progress"]["diverged"] == 1
+
+
+def test_evaluation_optimizees_are_shared_out_and_gathered(mnist_dir, tmp_path):
+    result = run_l2o([*TINY, "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")], cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = next((tmp_path / "logs").glob("**/last.ckpt"))
+
+    def test(name: str, version: int, *args: str) -> dict:
+        counter = {"class_path": "subprocess_helpers.RecordEvaluationTasks",
+                   "init_args": {"folder": str(tmp_path / name)}}
+        config = callbacks_config(tmp_path / f"{name}.yaml", [counter], append=True)
+        result = run_l2o(["test", "-c", "configs/meta_train/leaky_relu.yaml", "-c", str(config),
+                          "--ckpt_path", str(checkpoint), "--model.init_args.eval_tasks", "3",
+                          "--model.init_args.test_n_iters", "6", *args], cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return raw_scalars(checkpoint.parent.parent / "test" / "last" / f"version_{version}")
+
+    alone = test("single", 0)
+    ddp = test("ddp", 1, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+               "--trainer.strategy", "ddp")
+    # 3 optimizees: process 0 trains tasks 0 and 2, process 1 task 1; one process all three
+    counts = [torch.load(tmp_path / folder) for folder in ("single/rank0.pt", "ddp/rank0.pt", "ddp/rank1.pt")]
+    assert counts == [[3], [2], [1]]
+    # gathered, the curve and the final optimizees' test numbers are the single process's
+    for tag in ("test/loss_curve", "test/final_loss", "test/final_test_loss", "test/final_test_acc"):
+        values = [torch.tensor([v for _, v in run[tag]]) for run in (ddp, alone)]
+        assert len(values[0]) == (6 if tag == "test/loss_curve" else 1)
+        torch.testing.assert_close(*values, rtol=1e-5, atol=1e-6)
