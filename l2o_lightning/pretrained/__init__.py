@@ -119,6 +119,30 @@ def write_card(run_dir: Path, name: str, provenance: dict) -> None:
     (FOLDER / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
+def describe(name: str, provenance: dict) -> str:
+    """Two lines on a shipped optimizer: its budget and best epoch, then the command and
+    commit that made it (checkpoints exported before a field was recorded leave it out).
+
+    >>> print(describe("toy", {"command": "l2o fit -c x.yaml", "commit": "a" * 40, "meta_steps": 7,
+    ...                        "source": "best-step4.ckpt", "source_step": 4, "trajectories_started": 4,
+    ...                        "diverged": 1}))
+    pretrained:toy  7 meta-steps, best epoch at meta-step 4, 4 trajectories, 1 diverged truncation(s) skipped
+        made by `l2o fit -c x.yaml` at aaaaaaa
+    >>> print(describe("old", {"command": "l2o fit", "commit": "b" * 40, "meta_steps": 10000}))
+    pretrained:old  10,000 meta-steps
+        made by `l2o fit` at bbbbbbb
+    """
+    facts = [f"{provenance['meta_steps']:,} meta-steps"]
+    if "source_step" in provenance:
+        facts.append(f"best epoch at meta-step {provenance['source_step']:,}")
+    if "trajectories_started" in provenance:
+        facts.append(f"{provenance['trajectories_started']:,} trajectories")
+    if "diverged" in provenance:
+        facts.append(f"{provenance['diverged']} diverged truncation(s) skipped")
+    made_by = f"made by `{provenance['command']}` at {provenance['commit'][:7]}"
+    return f"{PREFIX}{name}  {', '.join(facts)}\n    {made_by}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m l2o_lightning.pretrained", description=__doc__.split("\n\n")[0]
@@ -136,7 +160,7 @@ def main() -> None:
     else:
         for name in available():
             content = torch.load(FOLDER / f"{name}.ckpt", map_location="cpu", weights_only=True)
-            print(f"{PREFIX}{name}: {content.get(PROVENANCE_KEY)}")
+            print(describe(name, content[PROVENANCE_KEY]))
 
 
 if __name__ == "__main__":
