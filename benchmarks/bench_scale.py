@@ -85,8 +85,8 @@ def finish(process: subprocess.Popen) -> None:
 
 def throughput(tasks: int, processes: int, steps: int, unroll: int, threads: int, folder: Path) -> tuple:
     """``(optimizee steps/s over all tasks and processes, seconds per meta-step, peak MB per process)``."""
-    args = ["--model.init_args.unroll", str(unroll), "--model.init_args.n_iters", str(10 * unroll),
-            "--model.init_args.tasks_per_step", str(tasks), "--data.batches_per_step", str(unroll * tasks),
+    args = ["--model.unroll.length", str(unroll), "--model.unroll.n_iters", str(10 * unroll),
+            "--model.unroll.tasks_per_step", str(tasks), "--data.batches_per_step", str(unroll * tasks),
             "--trainer.max_steps", str(steps)]
     if processes > 1:
         args += ["--trainer.accelerator", "cpu", "--trainer.devices", str(processes),
@@ -103,7 +103,7 @@ def resume_times(unroll: int, threads: int, folder: Path) -> dict[str, float]:
     ``--ckpt_path last``; seconds from launch to the end of the first meta-step, both runs."""
     periodic = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                 "init_args": {"monitor": None, "every_n_train_steps": 2, "save_top_k": 0, "save_last": True}}
-    args = ["--model.init_args.unroll", str(unroll), "--model.init_args.n_iters", str(10 * unroll),
+    args = ["--model.unroll.length", str(unroll), "--model.unroll.n_iters", str(10 * unroll),
             "--data.batches_per_step", str(unroll), "--trainer.max_steps", "6"]
     process, start, prefix = launch(args, folder, "fresh", threads, (periodic,))
     while len(records(prefix)["times"]) < 3:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import logging
 import re
 import sys
+import typing
 import warnings
 from pathlib import Path
 
@@ -63,6 +65,9 @@ class L2OCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
+            rejected = _config_error_in(err)
+            if rejected is not None:  # a settings class (e.g. model.unroll) refused its values
+                raise rejected from None
             argv = list(sys.argv[1:] if args is None else args)
             unknown = _unknown_setting(str(err), argv, self._subcommand_parsers) or _unknown_class(str(err))
             if unknown is None:
@@ -96,7 +101,9 @@ class L2OCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as err:  # a constructor rejected a configured value
-            raise ConfigError(_innermost_reason(str(err))) from None
+            rejected = _config_error_in(err)
+            reason = str(rejected) if rejected is not None else _innermost_reason(str(err))
+            raise ConfigError(_with_config_paths(reason, self._get(self.config, "model"))) from None
 
     def after_instantiate_classes(self) -> None:
         # no TensorBoard logger (the configs', one given on the command line, Lightning's default)
@@ -151,18 +158,14 @@ def _unknown_setting(message: str, argv: list[str], subcommand_parsers: dict) ->
     (the command line, a ``-c`` file), the closest valid key and the class's settings; ``None``
     when ``message`` reports something else."""
     subcommand = next((token for token in argv if token in SUBCOMMANDS), None)
-    match = re.search(
-        r'Parser key "(\w+)":.*?Problem with given class_path \'([\w.]+)\':\s*'
-        r"Option '(\w+)' is not accepted", message, flags=re.DOTALL,
-    )
-    if match:
-        section, class_path, key = match.groups()
-        # Lightning passes an optimizer the model's parameters, and a scheduler its optimizer
-        linked = {"optimizer": ("params",), "lr_scheduler": ("optimizer",)}.get(section, ())
-        valid = _init_settings(class_path, skip=linked)
-        path = [section, "init_args", key]
-        return (f"`{section}.init_args.{key}`{_given_in(argv, path)} is not a setting of {class_path}"
-                f"{_did_you_mean(key, valid)} Its settings: {', '.join(valid) or 'none'}.")
+    nested = _unknown_class_setting(message)
+    if nested is not None:
+        path, owner, valid = nested
+        key = path[-1]
+        inner = _inner_setting(owner, key) if not owner.endswith("`") else None
+        hint = f"; it is `{'.'.join([*path[:-1], inner])}`." if inner else _did_you_mean(key, valid)
+        return (f"`{'.'.join(path)}`{_given_in(argv, path)} is not a setting of {owner}"
+                f"{hint} Its settings: {', '.join(valid) or 'none'}.")
     match = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", message)
     if match is None or subcommand not in subcommand_parsers:
         return None
@@ -170,6 +173,56 @@ def _unknown_setting(message: str, argv: list[str], subcommand_parsers: dict) ->
     valid = [action.dest for action in subcommand_parsers[subcommand]._actions if action.dest != "help"]
     return (f"`{key}`{_given_in(argv, key.split('.'))} is not a setting of `l2o {subcommand}`"
             f"{_did_you_mean(key, valid)} Run `l2o {subcommand} --help` for the accepted settings.")
+
+
+def _unknown_class_setting(message: str) -> tuple[list[str], str, list[str]] | None:
+    """From jsonargparse's report of an unknown key of a class-path setting (the model, the
+    optimizer, or an object inside them such as ``model.optimizee``, or a settings group such as
+    ``model.unroll``): its full key path, the class (its import path) or group (``<class>'s
+    `<group>```) that lacks it, and that one's settings; ``None`` when ``message`` reports
+    something else."""
+    keys = re.findall(r'Parser key "(\w+)"', message)
+    classes = re.findall(r"Problem with given class_path '([\w.]+)'", message)
+    end = re.search(r"Group '(\w+)' does not accept option '(\w+)'|Option '(\w+)' is not accepted"
+                    r"|unrecognized arguments: --([\w.]+)=", message)
+    if not keys or len(classes) != len(keys) or end is None:
+        return None
+    group, key = (end.group(1), end.group(2)) if end.group(1) else (None, end.group(3))
+    if end.group(4):
+        *groups, key = end.group(4).split(".")
+        group = groups[0] if groups else None
+    path = [part for pair in zip(keys, ["init_args"] * len(keys), strict=True) for part in pair]
+    # Lightning passes an optimizer the model's parameters, and a scheduler its optimizer
+    linked = {"optimizer": ("params",), "lr_scheduler": ("optimizer",)}.get(keys[0], ())
+    linked = linked if len(keys) == 1 else ()
+    if group is None:
+        return [*path, key], classes[-1], _init_settings(classes[-1], skip=linked)
+    default = inspect.signature(import_object(classes[-1])).parameters[group].default
+    is_group = dataclasses.is_dataclass(default)
+    fields = [field.name for field in dataclasses.fields(default)] if is_group else []
+    return [*path, group, key], f"{classes[-1]}'s `{group}`", fields
+
+
+def _inner_setting(class_path: str, key: str) -> str | None:
+    """Where ``key`` lives one level down in a class's settings: ``<arg>.<key>`` for a settings
+    group (dataclass) argument, ``<arg>.init_args.<key>`` for an object argument (e.g.
+    MetaTrainModule's ``optimizee.init_args.activation``); ``None`` when nowhere."""
+    try:
+        cls = import_object(class_path)
+        hints = typing.get_type_hints(cls.__init__)
+    except (ImportError, AttributeError, NameError, TypeError):
+        return None
+    for arg, parameter in inspect.signature(cls).parameters.items():
+        if dataclasses.is_dataclass(parameter.default):
+            if key in {field.name for field in dataclasses.fields(parameter.default)}:
+                return f"{arg}.{key}"
+            continue
+        for inner in typing.get_args(hints.get(arg)) or (hints.get(arg),):
+            if isinstance(inner, type) and issubclass(inner, torch.nn.Module) and key in _init_settings(
+                f"{inner.__module__}.{inner.__qualname__}", skip=()
+            ):
+                return f"{arg}.init_args.{key}"
+    return None
 
 
 def _short_class_names(section: str) -> list[str]:
@@ -253,6 +306,42 @@ def _optimizer_error(err: Exception, optimizer) -> str:
     fix = f"`--optimizer.{named[0]} VALUE`" if len(named) == 1 else "`--optimizer.<setting> VALUE`"
     return (f"the optimizer {class_path} refuses its settings ({reason}): {shown or 'no settings given'}; "
             f"fix it with {fix} or in the optimizer's config file.")
+
+
+def _config_error_in(err: BaseException) -> ConfigError | None:
+    """The :class:`ConfigError` that ``err`` was raised from, if any: jsonargparse builds the
+    dataclass settings groups while parsing and reports a refusal as a type mismatch."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ConfigError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _with_config_paths(message: str, model) -> str:
+    """``message`` with each "`<setting>` of <Class>" a network raised replaced by the setting's
+    place in the model's config: ``model.<arg>.<setting>`` when the model is given the object as
+    its ``<arg>`` (e.g. ``model.optimizee.activation`` of a MetaTrainModule), ``model.<setting>``
+    when it takes the setting itself (an OptimizeeModule builds its MLP).
+
+    >>> model = {"init_args": {"optimizee": {"class_path": "l2o_lightning.optimizees.MLP"}}}
+    >>> _with_config_paths("`hidden` of MLP: give [20]", model)
+    '`model.optimizee.hidden`: give [20]'
+    >>> _with_config_paths("`hidden` of MLP: give [20]", {"init_args": {"hidden": [0]}})
+    '`model.hidden`: give [20]'
+    """
+    settings = _plain(model.get("init_args") if hasattr(model, "get") else None) or {}
+
+    def config_path(match: re.Match) -> str:
+        setting, owner = match.groups()
+        for arg, value in settings.items():
+            if isinstance(value, dict) and str(value.get("class_path", "")).rsplit(".", 1)[-1] == owner:
+                return f"`model.{arg}.{setting}`"
+        return f"`model.{setting}`" if setting in settings else match.group(0)
+
+    return re.sub(r"`(\w+)` of (\w+)", config_path, message)
 
 
 def _innermost_reason(message: str) -> str:

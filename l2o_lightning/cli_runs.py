@@ -15,6 +15,7 @@ from l2o_lightning.errors import ConfigError
 # data settings a resumed run may change: where the files lie, how the test split is batched, and
 # batches_per_step, which follows the model's settings (the data module checks a value given)
 DATA_FREE_ON_RESUME = ("data_dir", "download", "eval_batch_size", "batches_per_step")
+META_TRAIN_MODULE = "l2o_lightning.meta.MetaTrainModule"
 
 
 def _check_checkpoint(ckpt_path: str | Path, config, resuming: bool) -> None:
@@ -30,6 +31,14 @@ def _check_checkpoint(ckpt_path: str | Path, config, resuming: bool) -> None:
     configured = model.get("class_path") if hasattr(model, "get") else None
     if written_by and configured and written_by != configured:
         raise ConfigError(f"{where} was written by {written_by}, but the model is {configured}; {hint}.")
+    if written_by == META_TRAIN_MODULE and "n_iters" in hparams:
+        raise ConfigError(
+            f"{where} was written by an earlier l2o_lightning whose MetaTrainModule took flat settings "
+            "(`model.hidden`, `model.unroll`, `model.n_iters`, ...; now `model.optimizee`, `model.net`, "
+            "`model.unroll`, `model.evaluation`), so this version cannot resume or test it. Its learned "
+            "optimizer still loads: `--optimizer.checkpoint` with configs/optimizers/l2o.yaml; to resume or "
+            "test the run itself, use the l2o_lightning commit that wrote it."
+        )
     differ = _differing_settings(content, config) if resuming else []
     if differ:
         run = Path(ckpt_path).expanduser().parent.parent
@@ -67,13 +76,29 @@ def _differing_settings(content: dict, config) -> list[str]:
     ]
     differ = []
     for section, saved, configured, free in sections:
-        configured = _plain(configured) or {}
-        for key, value in (saved if isinstance(saved, dict) else {}).items():
-            if key.startswith("_") or key in free or _plain(value) == configured.get(key):
+        configured = _leaves(_plain(configured) or {})
+        for key, value in _leaves(saved if isinstance(saved, dict) else {}).items():
+            if key.startswith("_") or key.split(".")[0] in free or value == configured.get(key):
                 continue
-            here = configured.get(key)
-            differ.append(f"`{section}.{key}` is {here!r} here, {_plain(value)!r} in the checkpoint")
+            differ.append(f"`{section}.{key}` is {configured.get(key)!r} here, {value!r} in the checkpoint")
     return differ
+
+
+def _leaves(tree: dict, path: tuple[str, ...] = ()) -> dict:
+    """A nested settings dict as ``{dotted key: plain value}``, leaving out the ``init_args``
+    level of class-path settings.
+
+    >>> _leaves({"optimizee": {"class_path": "MLP", "init_args": {"hidden": (20,)}}, "beta": 1})
+    {'optimizee.class_path': 'MLP', 'optimizee.hidden': [20], 'beta': 1}
+    """
+    leaves = {}
+    for key, value in tree.items():
+        here = path if key == "init_args" else (*path, key)
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, here))
+        else:
+            leaves[".".join(here)] = _plain(value)
+    return leaves
 
 
 def _check_log_dir(config) -> None:
@@ -118,7 +143,7 @@ def optimizee_name(hidden: list[int], activation: str, batchnorm: bool) -> str:
 
 def _fill_run_name(config) -> None:
     """Fill the placeholders of a TensorBoard logger's ``name``: ``{optimizee}``
-    (:func:`optimizee_name` of the model's settings), ``{optimizer}`` (the optimizer's class
+    (:func:`optimizee_name` of the model's MLP settings), ``{optimizer}`` (the optimizer's class
     name, lower case) and ``{config}`` (the config the run starts from, the first ``-c`` file, as
     ``<folder>/<stem>``: files given after it, e.g. probes or overrides, do not rename the run)."""
     logger = config.get("trainer", {}).get("logger")
@@ -127,6 +152,8 @@ def _fill_run_name(config) -> None:
     if not isinstance(name, str) or "{" not in name:
         return
     model = config.get("model", {}).get("init_args", {})
+    if hasattr(model.get("optimizee"), "get"):  # meta-training: the MLP is model.optimizee
+        model = model["optimizee"].get("init_args") or {}
     optimizer = config.get("optimizer") or {}
     files = [Path(str(path)) for path in config.get("config") or []]
     fields = {

@@ -204,18 +204,16 @@ class EndlessMinibatches(IterableDataset):
 
 def minibatches_per_step(model: Any) -> tuple[int, str]:
     """The training minibatches one training step of ``model`` takes, and the phrase saying why:
-    ``unroll * tasks_per_step`` for a model with those hyperparameters (meta-training: a minibatch
-    per task and optimizee step of a truncation), else one.
+    for a model that unrolls optimizee trajectories (meta-training: its ``unroll`` is an
+    :class:`~l2o_lightning.unroll.Unroll`) one per task and optimizee step of a truncation, else one.
 
     >>> minibatches_per_step(None)
     (1, 'one minibatch')
     """
-    hparams = getattr(model, "hparams", {})
-    if "unroll" not in hparams or "tasks_per_step" not in hparams:
+    unroll = getattr(model, "unroll", None)
+    if not hasattr(unroll, "minibatches"):
         return 1, "one minibatch"
-    unroll, tasks = hparams["unroll"], hparams["tasks_per_step"]
-    return unroll * tasks, (f"`model.unroll` x `model.tasks_per_step` = {unroll} x {tasks} = "
-                            f"{unroll * tasks} minibatches")
+    return unroll.minibatches, unroll.minibatches_phrase()
 
 
 class MNISTDataModule(L.LightningDataModule):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from l2o_lightning.errors import ConfigError
 from l2o_lightning.lstm_kernels import compiled_kernels, gate_parameters, lstm_network_step, native_kernels
 
 
@@ -78,9 +79,9 @@ class LSTMOptimizerNet(nn.Module):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` of LSTMOptimizerNet must be a positive integer, got {value!r}.")
+                raise ConfigError(f"`{name}` of LSTMOptimizerNet must be a positive integer, got {value!r}.")
         if not 0 < preproc_p < math.inf:  # log|g| / p and e^p g need a finite p > 0
-            raise ValueError(
+            raise ConfigError(
                 f"`preproc_p` of LSTMOptimizerNet must be positive and finite, got {preproc_p!r}."
             )
         self.hidden_size = hidden_size

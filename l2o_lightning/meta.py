@@ -1,22 +1,23 @@
 """Meta-training of the LSTM optimizer over truncated, unrolled optimizee trajectories
 (Andrychowicz et al. 2016, https://arxiv.org/abs/1606.04474).
 
-A trajectory is a fresh optimizee trained for ``n_iters`` steps by the LSTM; it is cut
-into truncations of ``unroll`` steps. Within a truncation the optimizee parameters carry
+A trajectory is a fresh optimizee trained for ``unroll.n_iters`` steps by the LSTM; it is cut
+into truncations of ``unroll.length`` steps. Within a truncation the optimizee parameters carry
 the autograd graph through the LSTM updates; the optimizee gradients are inputs
 (detached: no second derivatives, as in the paper). After each truncation the
 meta-optimizer steps and parameters and LSTM states are detached (:meth:`Trajectory.detach`,
 the one place the graph is cut).
 
-Tasks: every meta-step advances ``tasks_per_step`` independent trajectories in one batched
+Tasks: every meta-step advances ``unroll.tasks_per_step`` independent trajectories in one batched
 LSTM call and averages their meta-losses. Under DDP with ``W`` processes, process ``r`` owns
 global tasks ``k * W + r`` (``k < tasks_per_step``) and DDP averages the meta-gradients, so
 ``W`` processes with ``K`` tasks each compute what one process with ``W * K`` tasks does:
 a trajectory's initialisation depends only on ``(seed, task, round)`` (:func:`task_generator`)
 and its minibatches are the same ones of the shared stream (``EndlessMinibatches.shard``).
 
-Data: a training step receives ``unroll * tasks_per_step`` minibatches from the datamodule
-(``data.batches_per_step``); the ``t * tasks_per_step + k``-th is task ``k``'s at step ``t``.
+Data: a training step receives ``unroll.minibatches`` (``length * tasks_per_step``)
+minibatches from the datamodule (``data.batches_per_step``); the ``t * tasks_per_step + k``-th is
+task ``k``'s at step ``t``.
 Validation and test: :mod:`l2o_lightning.meta_eval`.
 
 Resuming (``l2o fit ... --ckpt_path last``): checkpoints carry, besides Lightning's state
@@ -55,7 +56,7 @@ from l2o_lightning.checkpoints import (
 )
 from l2o_lightning.errors import ConfigError, DivergenceError
 from l2o_lightning.learned import LSTMOptimizerNet, LSTMState
-from l2o_lightning.meta_eval import TrajectoryEvaluation
+from l2o_lightning.meta_eval import Evaluation, TrajectoryEvaluation
 from l2o_lightning.meta_progress import MetaProgress
 from l2o_lightning.optimizee_steps import MetaTrainingStepListener, OptimizeeStep, step_listeners
 from l2o_lightning.optimizees import MLP
@@ -63,6 +64,7 @@ from l2o_lightning.unroll import (
     MetaLossKind,
     SymmetryReg,
     Trajectory,
+    Unroll,
     all_finite,
     meta_objective,
     symmetry_penalty,
@@ -85,12 +87,13 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
     ``epoch_trajectories`` ended trajectories, ``meta/epoch_loss``: their mean summed
     optimizee loss ``sum_t L_t`` over the ``n_iters`` steps (the paper keeps the epoch with the
     lowest; a ``ModelCheckpoint`` can monitor it). Each validation (test)
-    trains ``eval_tasks`` fresh optimizees for ``val_n_iters`` (``test_n_iters``) steps and logs
+    trains ``evaluation.tasks`` fresh optimizees for ``evaluation.val_n_iters`` (``test_n_iters``) steps
+    and logs
     ``val/final_loss``, ``val/mean_loss`` (the optimizee training loss at the last step and
     averaged over the trajectory, mean over tasks), ``val/final_test_loss``,
     ``val/final_test_acc`` (final optimizees on the MNIST test split), and
     ``val/loss_curve/step_<k>``: the loss at optimizee step ``k`` of
-    :data:`~l2o_lightning.meta_eval.VAL_CURVE_STEPS` (1-based, up to ``val_n_iters``) with the
+    :data:`~l2o_lightning.meta_eval.VAL_CURVE_STEPS` (1-based, up to ``evaluation.val_n_iters``) with the
     meta-step as x-axis; ``test/...`` likewise,
     except that the test logs the whole curve ``test/loss_curve`` (x: the 0-based optimizee
     step). With the progress bar on, a bar counts the trajectories' optimizee steps.
@@ -105,73 +108,57 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
     truncations in a row stop the run with :class:`DivergenceError`.
 
     Args:
-        hidden, activation, batchnorm: the optimizee MLP (see :class:`OptimizeeModule`).
-        hidden_size, num_layers, preproc_p, out_mult: the LSTM optimizer (paper: 20, 2, 10, 0.1).
-        unroll: optimizee steps per truncation (paper: 20).
-        n_iters: optimizee steps per trajectory (paper: 200); a multiple of ``unroll``.
-        tasks_per_step: trajectories per process advanced together in every meta-step; the
-            training batch must hold ``unroll * tasks_per_step`` minibatches.
+        optimizee: the MLP whose trajectories it meta-trains on (default: the paper's Leaky ReLU
+            784-20-10, :class:`~l2o_lightning.optimizees.MLP`'s defaults).
+        net: the LSTM optimizer it meta-trains (default: the paper's, 2 x 20 units, p = 10,
+            out_mult 0.1, :class:`~l2o_lightning.learned.LSTMOptimizerNet`'s defaults).
+        unroll: truncation length, trajectory length and tasks per meta-step
+            (:class:`~l2o_lightning.unroll.Unroll`); the training batch must hold
+            ``unroll.minibatches`` minibatches.
+        evaluation: the validation / test trajectories (:class:`~l2o_lightning.meta_eval.Evaluation`).
         meta_loss: ``sum`` (paper) or ``log_sum`` of the truncation's step losses.
+        symmetry_reg: ``{beta, kinds}`` adds :func:`symmetry_penalty` of every update of a
+            truncation to its meta-loss (logged as ``meta/symmetry_penalty``); ``None`` or
+            ``beta = 0`` trains without it.
         grad_clip: clip the meta-gradient to this global norm; ``None`` does not clip.
         trajectories: meta-training budget in trajectories over all tasks and processes: the
             run stops after ``ceil(trajectories / (tasks_per_step * processes))`` rounds of
-            ``n_iters / unroll`` meta-steps (the trainer's ``max_steps`` unless that is smaller; it
+            ``n_iters / length`` meta-steps (the trainer's ``max_steps`` unless that is smaller; it
             validates after the last one); ``None`` leaves the length to ``trainer.max_steps``.
         max_diverged_in_a_row: diverged truncations in a row that stop the run.
         epoch_trajectories: ended (completed or diverged) trajectories (over all tasks and processes) per
             ``meta/epoch_loss`` (paper: 20).
-        eval_tasks: optimizees per validation / test.
-        val_n_iters, test_n_iters: their trajectory lengths.
-        eval_seed: seed of their initialisations and minibatches; keep it apart from
-            ``seed_everything``, which seeds meta-training's.
         compile: run the LSTM's elementwise work through ``torch.compile``
             (:meth:`LSTMOptimizerNet.compile_kernels`).
-        symmetry_reg: ``{beta, kinds}`` adds :func:`symmetry_penalty` of every update of a
-            truncation to its meta-loss (logged as ``meta/symmetry_penalty``); ``None`` or
-            ``beta = 0`` trains without it.
     """
 
     def __init__(
         self,
-        hidden: list[int] = [20],  # noqa: B006
-        activation: str = "leaky_relu",
-        batchnorm: bool = False,
-        hidden_size: int = 20,
-        num_layers: int = 2,
-        preproc_p: float = 10.0,
-        out_mult: float = 0.1,
-        unroll: int = 20,
-        n_iters: int = 200,
-        tasks_per_step: int = 1,
+        optimizee: MLP | None = None,
+        net: LSTMOptimizerNet | None = None,
+        unroll: Unroll = Unroll(),
+        evaluation: Evaluation = Evaluation(),
         meta_loss: MetaLossKind = "sum",
+        symmetry_reg: SymmetryReg | None = None,
         grad_clip: float | None = None,
         trajectories: int | None = None,
         max_diverged_in_a_row: int = 5,
         epoch_trajectories: int = 20,
-        eval_tasks: int = 5,
-        val_n_iters: int = 200,
-        test_n_iters: int = 1000,
-        eval_seed: int = 1000,
         compile: bool = False,
-        symmetry_reg: SymmetryReg | None = None,
     ) -> None:
         super().__init__()
         validate_meta_args(
-            unroll=unroll, n_iters=n_iters, tasks_per_step=tasks_per_step, meta_loss=meta_loss,
-            trajectories=trajectories, max_diverged_in_a_row=max_diverged_in_a_row, eval_tasks=eval_tasks,
+            meta_loss=meta_loss, trajectories=trajectories, max_diverged_in_a_row=max_diverged_in_a_row,
             epoch_trajectories=epoch_trajectories,
-            val_n_iters=val_n_iters, test_n_iters=test_n_iters,
         )
         # evaluation settings stay out of the checkpoint's hyperparameters: `l2o test --ckpt_path`
         # restores those over the command line, and these should stay choosable at test time
-        self.save_hyperparameters(
-            ignore=["eval_tasks", "val_n_iters", "test_n_iters", "eval_seed", "compile"]
-        )
+        self.save_hyperparameters(ignore=["evaluation", "compile"])
         self.automatic_optimization = False
-        self.optimizee = MLP(hidden, activation, batchnorm)
-        self.optimizee.requires_grad_(False)
+        self.unroll = unroll
+        self.optimizee = (optimizee if optimizee is not None else MLP()).requires_grad_(False)
         self.symmetry_reg = validate_symmetry_reg(symmetry_reg, self.optimizee)
-        self.net = LSTMOptimizerNet(hidden_size, num_layers, preproc_p, out_mult)
+        self.net = net if net is not None else LSTMOptimizerNet()
         if compile:
             self.net.compile_kernels()
         # meta-training state, set up in on_fit_start (from the checkpoint when resuming)
@@ -181,12 +168,12 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
         self.task_ids: list[int] = []
         self.step_listeners: list[MetaTrainingStepListener] = []  # shown every optimizee step: the probes
         self.resume_state: dict | None = None
-        self.init_evaluation(eval_tasks, val_n_iters, test_n_iters, eval_seed)
+        self.init_evaluation(evaluation)
 
     # ------------------------------------------------------------------ meta-training
     def on_fit_start(self) -> None:
         world, rank = self.trainer.world_size, self.global_rank
-        self.task_ids = [k * world + rank for k in range(self.hparams.tasks_per_step)]
+        self.task_ids = [k * world + rank for k in range(self.unroll.tasks_per_step)]
         self.step_listeners = step_listeners(self.trainer)
         self.limit_steps_to_budget()
         state, self.resume_state = self.resume_state, None
@@ -208,7 +195,7 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
         """At every optimizee step of a truncation: publish the first task's step to the
         :class:`~l2o_lightning.optimizee_steps.MetaTrainingStepListener` callbacks, and return
         the term added to the meta-loss (the symmetry regularizer, if any)."""
-        position = (self.progress.batches - 1) * self.hparams.unroll + self._position
+        position = (self.progress.batches - 1) * self.unroll.length + self._position
         self._position += 1
         if self.step_listeners:
             first_task = LSTMState(state.h[:, 0], state.c[:, 0]).detach()
@@ -225,7 +212,7 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         xs, ys = self.truncation_minibatches(batch)
         self.progress.batches += 1
-        if self.trajectory is None or self.trajectory.step >= self.hparams.n_iters:
+        if self.trajectory is None or self.trajectory.step >= self.unroll.n_iters:
             self.trajectory = self.fresh_trajectory(self.task_ids, self.progress.seed, self.progress.rounds)
             self.progress.rounds += 1
         self._position = 0
@@ -249,7 +236,7 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
         optimizer.step()
         self.trajectory = trajectory.detach()
         self.progress.diverged_in_a_row = 0
-        ended = trajectory.step >= self.hparams.n_iters
+        ended = trajectory.step >= self.unroll.n_iters
         epoch = self.progress.count_trajectory_loss(
             step_losses, ended, self.tasks_total, self.hparams.epoch_trajectories
         )
@@ -259,7 +246,7 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
     @property
     def tasks_total(self) -> int:
         """Trajectories per round, over all tasks and processes."""
-        return self.hparams.tasks_per_step * self.trainer.world_size
+        return self.unroll.tasks_per_step * self.trainer.world_size
 
     def skip_diverged(self, metrics: dict[str, Tensor], trajectory_step: int) -> None:
         """Count a diverged truncation (logging its non-finite metrics as they are) and drop its
@@ -276,8 +263,8 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
                 f"non-finite in {limit} truncations in a row (`model.max_diverged_in_a_row`), the last at "
                 f"meta-step {self.global_step} (optimizee step {trajectory_step}, meta-optimizer "
                 f"{meta_optimizer}); they took no meta-step, so the L2O weights stay finite. Lower "
-                "`model.out_mult` or the meta-optimizer's `optimizer.lr`, clip with `model.grad_clip`, or "
-                "allow longer streaks; logs and checkpoints written so far are kept."
+                "`model.net.out_mult` or the meta-optimizer's `optimizer.lr`, clip with `model.grad_clip`, "
+                "or allow longer streaks; logs and checkpoints written so far are kept."
             )
 
     def log_truncation(self, metrics: dict[str, Tensor], trajectory_step: int) -> None:
@@ -311,15 +298,15 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
         x, y = batch
         if x.dim() == 2:  # batches_per_step = 1 delivers a plain minibatch
             x, y = x[None], y[None]
-        unroll, tasks = self.hparams.unroll, self.hparams.tasks_per_step
-        if x.dim() != 3 or x.shape[0] != unroll * tasks:
+        unroll = self.unroll
+        if x.dim() != 3 or x.shape[0] != unroll.minibatches:
             raise ConfigError(
-                f"a meta-training step takes `model.unroll` x `model.tasks_per_step` = {unroll} x {tasks} = "
-                f"{unroll * tasks} minibatches, the training batch holds {x.shape[0]} "
-                f"(`data.batches_per_step`): leave `data.batches_per_step` unset (it follows the model) or "
-                f"set it to {unroll * tasks}."
+                f"a meta-training step takes {unroll.minibatches_phrase()}, the training batch holds "
+                f"{x.shape[0]} (`data.batches_per_step`): leave `data.batches_per_step` unset (it follows "
+                f"the model) or set it to {unroll.minibatches}."
             )
-        return x.view(unroll, tasks, *x.shape[1:]), y.view(unroll, tasks, *y.shape[1:])
+        shape = (unroll.length, unroll.tasks_per_step)
+        return x.view(*shape, *x.shape[1:]), y.view(*shape, *y.shape[1:])
 
     def limit_steps_to_budget(self) -> None:
         """Make ``trajectories`` the trainer's ``max_steps`` (or a smaller ``trainer.max_steps``):
@@ -328,7 +315,7 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
         if budget is None:
             return
         rounds = math.ceil(budget / self.tasks_total)
-        steps = rounds * (self.hparams.n_iters // self.hparams.unroll)
+        steps = rounds * self.unroll.truncations
         loop = self.trainer.fit_loop.epoch_loop
         loop.max_steps = steps if loop.max_steps < 0 else min(loop.max_steps, steps)
 
@@ -353,7 +340,7 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
         if self.progress is not None:
             world = self.trainer.world_size
             checkpoint[TRAINING_STATE_KEY] = pack_training_state(
-                asdict(self.progress), self.trajectory, world, self.hparams.tasks_per_step,
+                asdict(self.progress), self.trajectory, world, self.unroll.tasks_per_step,
                 gather=lambda tensor: tensor[None] if world == 1 else self.all_gather(tensor),
             )
 
@@ -367,7 +354,7 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
         checkpoint has none or was written with other ``tasks_per_step`` or process counts."""
         if saved is None:
             return None
-        mismatch = layout_mismatch(saved, self.trainer.world_size, self.hparams.tasks_per_step)
+        mismatch = layout_mismatch(saved, self.trainer.world_size, self.unroll.tasks_per_step)
         if mismatch is not None:
             rank_zero_warn(mismatch)
             return None
@@ -377,23 +364,10 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
 def validate_meta_args(**settings: int | str | None) -> None:
     """Raise :class:`ConfigError` naming the setting when a meta-training setting is invalid
     (keyword arguments: the ``MetaTrainModule`` settings of the same names)."""
-    unroll, n_iters = settings["unroll"], settings["n_iters"]
-    if unroll < 2:
-        raise ConfigError(
-            f"`model.unroll` must be at least 2, got {unroll}: a truncation's first loss is at parameters "
-            "the LSTM has not updated yet, so a single step gives no meta-gradient (paper: 20)."
-        )
-    if n_iters <= 0 or n_iters % unroll:
-        raise ConfigError(
-            f"`model.n_iters` ({n_iters}) must be a positive multiple of `model.unroll` ({unroll}), "
-            "e.g. n_iters 200 with unroll 20 (the paper)."
-        )
     if settings["meta_loss"] not in ("sum", "log_sum"):
         raise ConfigError(f"unknown `model.meta_loss` {settings['meta_loss']!r}; allowed: sum, log_sum.")
     if settings["trajectories"] is not None and settings["trajectories"] <= 0:
         raise ConfigError(f"`model.trajectories` must be positive or null, got {settings['trajectories']}.")
-    names = ("tasks_per_step", "max_diverged_in_a_row", "eval_tasks", "val_n_iters", "test_n_iters",
-             "epoch_trajectories")
-    for name in names:
+    for name in ("max_diverged_in_a_row", "epoch_trajectories"):
         if settings[name] <= 0:
             raise ConfigError(f"`model.{name}` must be positive, got {settings[name]}.")

@@ -9,6 +9,8 @@ loaders (the MNIST test split) then measure the final optimizees' test loss and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.func import vmap
@@ -22,6 +24,28 @@ from l2o_lightning.unroll import run_trajectories
 
 # 1-based optimizee steps of a validation trajectory whose loss is logged as val/loss_curve/step_<k>
 VAL_CURVE_STEPS = (1, 10, 20, 50, 100, 200, 500, 1000)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Validation and test trajectories (``model.evaluation`` of a meta-training config).
+
+    Args:
+        tasks: fresh optimizees trained per validation / test.
+        val_n_iters, test_n_iters: their trajectory lengths.
+        seed: seed of their initialisations and minibatches; keep it apart from
+            ``seed_everything``, which seeds meta-training's.
+    """
+
+    tasks: int = 5
+    val_n_iters: int = 200
+    test_n_iters: int = 1000
+    seed: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("tasks", "val_n_iters", "test_n_iters"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"`model.evaluation.{name}` must be positive, got {getattr(self, name)}.")
 
 
 def own_tasks(tasks: int, rank: int, world_size: int) -> slice:
@@ -60,29 +84,28 @@ class TrajectoryEvaluation:
     round_)`` (a mixin ahead of ``LightningModule``; what they log: :class:`MetaTrainModule`).
     :meth:`init_evaluation` sets up their settings and metrics."""
 
-    def init_evaluation(self, eval_tasks: int, val_n_iters: int, test_n_iters: int, eval_seed: int) -> None:
-        """Keep the evaluation settings (:class:`MetaTrainModule`'s arguments of the same names)
-        and set up the final optimizees' test-split metrics; call after ``LightningModule.__init__``."""
-        self.eval_tasks, self.eval_seed = eval_tasks, eval_seed
-        self.val_n_iters, self.test_n_iters = val_n_iters, test_n_iters
+    def init_evaluation(self, evaluation: Evaluation) -> None:
+        """Keep the evaluation settings and set up the final optimizees' test-split metrics; call
+        after ``LightningModule.__init__``."""
+        self.evaluation = evaluation
         self.eval_final_params: Tensor | None = None
         self.final_test_loss = MeanMetric()
         self.final_test_acc = MulticlassAccuracy(num_classes=10, average="micro")
 
     def on_validation_epoch_start(self) -> None:
-        self.evaluate_trajectories("val", self.val_n_iters)
+        self.evaluate_trajectories("val", self.evaluation.val_n_iters)
 
     def on_test_epoch_start(self) -> None:
-        self.evaluate_trajectories("test", self.test_n_iters)
+        self.evaluate_trajectories("test", self.evaluation.test_n_iters)
 
     def evaluate_trajectories(self, stage: str, n_iters: int) -> None:
-        """Train ``eval_tasks`` fresh optimizees with the current LSTM on the training split;
+        """Train ``evaluation.tasks`` fresh optimizees with the current LSTM on the training split;
         log their loss curve and summary, keep the final parameters for the test split.
 
         Under DDP each process trains its share of them (:func:`own_tasks`) and all gather
         the losses and final parameters, so every process logs and tests all of them: the
         numbers one process with every task would have."""
-        tasks, world_size = self.eval_tasks, self.trainer.world_size
+        tasks, world_size = self.evaluation.tasks, self.trainer.world_size
         mine = own_tasks(tasks, self.global_rank, world_size)
         losses, final_params = self.train_own_tasks(stage, n_iters, mine)
         if world_size > 1:
@@ -105,7 +128,7 @@ class TrajectoryEvaluation:
         process's evaluation tasks ``mine``, each with the initialisation and minibatches it
         has in one process with every task."""
         x, y, batch_size = self.training_split()
-        tasks, seed = self.eval_tasks, self.eval_seed
+        tasks, seed = self.evaluation.tasks, self.evaluation.seed
         own, device = range(tasks)[mine], self.device
         if not own:  # more processes than evaluation tasks
             return torch.empty(n_iters, 0, device=device), torch.empty(0, self.optimizee.numel, device=device)

@@ -211,13 +211,13 @@ def validate_optimizee_args(hidden: Sequence[int], activation: str) -> None:
     """Raise :class:`ConfigError` naming the setting when an MLP setting is invalid."""
     if activation not in ACTIVATIONS:
         raise ConfigError(
-            f"unknown activation {activation!r} (setting `model.activation`); "
+            f"unknown activation {activation!r} (`activation` of MLP); "
             f"allowed: {', '.join(sorted(ACTIVATIONS))}."
         )
     if isinstance(hidden, int | str) or not hidden or not all(
         isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
     ):
         raise ConfigError(
-            f"invalid hidden sizes {hidden!r} (setting `model.hidden`); "
+            f"invalid hidden sizes {hidden!r} (`hidden` of MLP); "
             "give a list of positive layer widths, e.g. [20] or [40, 40]."
         )

@@ -36,6 +36,54 @@ StepOptimizer = Callable[[Tensor, LSTMState], tuple[Tensor, LSTMState]] | Functi
 # state u was computed from) -> meta-loss term
 StepHook = Callable[[Tensor, Tensor, Tensor, Any], Tensor]
 
+@dataclass(frozen=True)
+class Unroll:
+    """How meta-training cuts optimizee trajectories (``model.unroll`` of a meta-training config).
+
+    Args:
+        length: optimizee steps per truncation, the meta-gradient's horizon (paper: 20); at
+            least 2, since a truncation's first loss is at parameters the LSTM has not updated.
+        n_iters: optimizee steps per trajectory (paper: 200); a multiple of ``length``.
+        tasks_per_step: trajectories per process advanced together in every meta-step.
+
+    >>> Unroll(length=20, n_iters=200, tasks_per_step=2).minibatches
+    40
+    """
+
+    length: int = 20
+    n_iters: int = 200
+    tasks_per_step: int = 1
+
+    def __post_init__(self) -> None:
+        if self.length < 2:
+            raise ConfigError(
+                f"`model.unroll.length` must be at least 2, got {self.length}: a truncation's first loss is "
+                "at parameters the LSTM has not updated yet, so one step gives no meta-gradient (paper: 20)."
+            )
+        if self.n_iters <= 0 or self.n_iters % self.length:
+            raise ConfigError(
+                f"`model.unroll.n_iters` ({self.n_iters}) must be a positive multiple of "
+                f"`model.unroll.length` ({self.length}), e.g. n_iters 200 with length 20 (the paper)."
+            )
+        if self.tasks_per_step <= 0:
+            raise ConfigError(f"`model.unroll.tasks_per_step` must be positive, got {self.tasks_per_step}.")
+
+    @property
+    def truncations(self) -> int:
+        """Truncations (meta-steps) per trajectory: ``n_iters / length``."""
+        return self.n_iters // self.length
+
+    @property
+    def minibatches(self) -> int:
+        """Minibatches one meta-step takes: one per task and optimizee step, ``length * tasks_per_step``."""
+        return self.length * self.tasks_per_step
+
+    def minibatches_phrase(self) -> str:
+        """Why a meta-step takes :attr:`minibatches`, naming the settings."""
+        return (f"`model.unroll.length` x `model.unroll.tasks_per_step` = {self.length} x "
+                f"{self.tasks_per_step} = {self.minibatches} minibatches")
+
+
 class SymmetryReg(TypedDict, total=False):
     """The symmetry-breaking regularizer (paper Fig. 2): ``beta`` times the deviation of the
     L2O's updates from the constraints of the symmetries in ``kinds``, in ``form`` ``abs_sum``

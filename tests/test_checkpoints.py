@@ -29,8 +29,8 @@ def checkpoints(mnist_dir, tmp_path_factory) -> dict[str, Path]:
         patch.chdir(REPO)
         patch.setattr("sys.argv", ["l2o"])
         logger = ["--trainer.logger.init_args.save_dir", str(logs), *QUIET]
-        main(["fit", "-c", "configs/meta_train/leaky_relu.yaml", "--model.init_args.n_iters", "2",
-              "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
+        main(["fit", "-c", "configs/meta_train/leaky_relu.yaml", "--model.unroll.n_iters", "2",
+              "--model.unroll.length", "2", "--data.batches_per_step", "2",
               "--model.init_args.trajectories", "1", "--trainer.limit_val_batches", "0", *logger])
         main(["fit", "-c", "configs/meta_test/leaky_relu.yaml", "-c", "configs/optimizers/sgd.yaml",
               "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
@@ -103,3 +103,26 @@ def test_a_good_checkpoint_loads_with_weights_only(checkpoints):
     content = torch.load(checkpoints["meta"], weights_only=True)
     assert {"l2o", "meta_training", "MNISTDataModule"} <= set(content)
     assert load_lstm_optimizer(checkpoints["meta"]).hidden_size == 20
+
+
+def test_a_checkpoint_with_the_earlier_flat_model_settings_feeds_l2o_and_is_refused_as_ckpt_path(
+    checkpoints, tmp_path, capsys, monkeypatch
+):
+    """Before ``model.optimizee``/``net``/``unroll``/``evaluation``, MetaTrainModule saved flat
+    hyperparameters: its L2O entry still loads; resuming or testing it names what changed."""
+    content = torch.load(checkpoints["meta"], weights_only=True)
+    content["hyper_parameters"] = {"_class_path": META, "hidden": [20], "activation": "leaky_relu",
+                                   "unroll": 2, "n_iters": 2, "tasks_per_step": 1, "out_mult": 0.1}
+    path = tmp_path / "flat.ckpt"
+    torch.save(content, path)
+    assert load_lstm_optimizer(path).hidden_size == 20
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr("sys.argv", ["l2o"])
+    for subcommand in ("fit", "test"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([subcommand, "-c", "configs/meta_train/leaky_relu.yaml", "--ckpt_path", str(path),
+                  "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *QUIET])
+        assert exit_info.value.code == 2
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("l2o: error:")]
+        assert "written by an earlier l2o_lightning whose MetaTrainModule took flat settings" in line
+        assert "`--optimizer.checkpoint`" in line

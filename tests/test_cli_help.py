@@ -21,7 +21,7 @@ def help_text(capsys, monkeypatch, *args: str) -> str:
     ("--model.help", "OptimizeeModule", "l2o_lightning.optimizee_module.OptimizeeModule",
      ["--model.hidden", "--model.track_running_stats"]),
     ("--model.help", "MetaTrainModule", "l2o_lightning.meta.MetaTrainModule",
-     ["--model.unroll", "--model.out_mult"]),
+     ["--model.optimizee", "--model.net", "--model.unroll.length", "--model.evaluation.tasks"]),
     ("--optimizer.help", "L2O", "l2o_lightning.optim.L2O", ["--optimizer.checkpoint"]),
     ("--optimizer.help", "Adam", "torch.optim.Adam", ["--optimizer.betas", "--optimizer.eps"]),
 ])

@@ -22,12 +22,13 @@ META_TEST = "configs/meta_test/leaky_relu.yaml"
 # a few steps of everything: merged into the config under test, whose own values they override
 SHORT_META_TEST = {"trainer": {"max_steps": 3, "val_check_interval": 3, "limit_val_batches": 1}}
 SHORT_META_TRAIN = {
-    "model": {"init_args": {"n_iters": 4, "unroll": 2, "trajectories": 1, "val_n_iters": 2, "eval_tasks": 1}},
+    "model": {"init_args": {"unroll": {"n_iters": 4, "length": 2}, "trajectories": 1,
+                            "evaluation": {"val_n_iters": 2, "tasks": 1}}},
     "trainer": {"val_check_interval": 2, "limit_val_batches": 1},
 }
 SIZES = {  # integer settings that must be positive (or >= 0): a negative value must be refused
-    "hidden", "hidden_size", "num_layers", "unroll", "n_iters", "tasks_per_step", "trajectories",
-    "max_diverged_in_a_row", "eval_tasks", "val_n_iters", "test_n_iters", "batch_size", "batches_per_step",
+    "hidden", "hidden_size", "num_layers", "length", "n_iters", "tasks_per_step", "trajectories",
+    "max_diverged_in_a_row", "tasks", "val_n_iters", "test_n_iters", "batch_size", "batches_per_step",
     "every_n_steps", "num_units", "val_check_interval", "every_n_train_steps", "save_top_k",
 }
 FREE_TEXT = {"name", "save_dir", "filename", "monitor"}  # any string is a valid value
@@ -100,10 +101,12 @@ SHIPPED = sorted(CONFIGS.glob("*/*.yaml"))
 TRAINING = {
     "seed_everything": 0,
     "model": {"class_path": "l2o_lightning.meta.MetaTrainModule", "init_args": {
-        "hidden": [20], "hidden_size": 20, "num_layers": 2, "preproc_p": 10.0, "out_mult": 0.1, "unroll": 20,
-        "n_iters": 200, "tasks_per_step": 1, "meta_loss": "sum", "grad_clip": None, "trajectories": 200,
-        "max_diverged_in_a_row": 5, "eval_tasks": 5, "val_n_iters": 200, "test_n_iters": 1000,
-        "compile": False,
+        "optimizee": {"class_path": "l2o_lightning.optimizees.MLP", "init_args": {"hidden": [20]}},
+        "net": {"class_path": "l2o_lightning.learned.LSTMOptimizerNet", "init_args": {
+            "hidden_size": 20, "num_layers": 2, "preproc_p": 10.0, "out_mult": 0.1}},
+        "unroll": {"length": 20, "n_iters": 200, "tasks_per_step": 1}, "meta_loss": "sum", "grad_clip": None,
+        "trajectories": 200, "max_diverged_in_a_row": 5,
+        "evaluation": {"tasks": 5, "val_n_iters": 200, "test_n_iters": 1000, "seed": 1000}, "compile": False,
     }},
     "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.003}},
     "data": {"batch_size": 128, "batches_per_step": None, "normalize": True, "order": "reshuffle"},
@@ -137,14 +140,18 @@ TESTING = {
 }
 LEAKY_RELU = {"activation": "leaky_relu", "batchnorm": False}
 BN_RELU = {"activation": "relu", "batchnorm": True}
-RESOLVED = {
-    "meta_train/leaky_relu": (TRAINING, {**LEAKY_RELU, "symmetry_reg": None}, "meta_train/leaky_relu"),
-    "meta_train/bn_relu": (TRAINING, {**BN_RELU, "symmetry_reg": None}, "meta_train/bn_relu"),
+RESOLVED = {  # per config: its model's own settings (a meta-training's MLP is model.optimizee)
+    "meta_train/leaky_relu": (
+        TRAINING, {"optimizee": {"init_args": LEAKY_RELU}, "symmetry_reg": None}, "meta_train/leaky_relu"),
+    "meta_train/bn_relu": (
+        TRAINING, {"optimizee": {"init_args": BN_RELU}, "symmetry_reg": None}, "meta_train/bn_relu"),
     "meta_train/leaky_relu_reg": (
-        TRAINING, {**LEAKY_RELU, "symmetry_reg": {"beta": 0.1, "kinds": ["rescale"]}},
+        TRAINING,
+        {"optimizee": {"init_args": LEAKY_RELU}, "symmetry_reg": {"beta": 0.1, "kinds": ["rescale"]}},
         "meta_train/leaky_relu_reg"),
     "meta_train/bn_relu_reg": (
-        TRAINING, {**BN_RELU, "symmetry_reg": {"beta": 0.1, "kinds": ["scale"]}}, "meta_train/bn_relu_reg"),
+        TRAINING, {"optimizee": {"init_args": BN_RELU}, "symmetry_reg": {"beta": 0.1, "kinds": ["scale"]}},
+        "meta_train/bn_relu_reg"),
     "meta_test/leaky_relu": (TESTING, LEAKY_RELU, "meta_test/leaky_relu/adam"),
     "meta_test/bn_relu": (TESTING, BN_RELU, "meta_test/bn_relu/adam"),
     "meta_test/sigmoid": (TESTING, {"activation": "sigmoid", "batchnorm": False}, "meta_test/sigmoid/adam"),

@@ -11,6 +11,7 @@ import torch
 
 from l2o_lightning.data import EndlessMinibatches, MNISTDataModule
 from l2o_lightning.errors import ConfigError
+from l2o_lightning.unroll import Unroll
 
 N, BATCH, SEED = 22, 4, 3  # 5 minibatches a pass, the last 2 rows of each pass dropped
 X, Y = torch.arange(float(N))[:, None], torch.arange(N)
@@ -53,10 +54,12 @@ def test_restart_every_replays_the_first_minibatches_from_any_start():
 
 
 class _Model:
-    """A stand-in LightningModule: only its hyperparameters matter to the data module."""
+    """A stand-in LightningModule: only its ``unroll`` (a meta-training model's) matters to the
+    data module."""
 
-    def __init__(self, **hparams):
-        self.hparams = hparams
+    def __init__(self, unroll: Unroll | None = None):
+        if unroll is not None:
+            self.unroll = unroll
 
 
 def _set_up(model: _Model, **settings) -> MNISTDataModule:
@@ -67,17 +70,18 @@ def _set_up(model: _Model, **settings) -> MNISTDataModule:
 
 
 def test_batches_per_step_follows_the_models_unroll_times_tasks():
-    assert _set_up(_Model(unroll=5, tasks_per_step=3)).batches_per_step == 15
-    assert _set_up(_Model(hidden=[20], activation="relu")).batches_per_step == 1
-    assert _set_up(_Model(unroll=5, tasks_per_step=3), batches_per_step=15).batches_per_step == 15
+    three_tasks = Unroll(length=5, n_iters=5, tasks_per_step=3)
+    assert _set_up(_Model(three_tasks)).batches_per_step == 15
+    assert _set_up(_Model()).batches_per_step == 1
+    assert _set_up(_Model(three_tasks), batches_per_step=15).batches_per_step == 15
     assert MNISTDataModule().hparams.batches_per_step is None  # what the run saves: derived
 
 
 def test_a_batches_per_step_the_model_does_not_take_is_refused():
-    meta = (r"`data.batches_per_step` is 20, but a training step of _Model takes `model.unroll` x "
-            r"`model.tasks_per_step` = 20 x 2 = 40 minibatches: .* set it to 40\.")
+    meta = (r"`data.batches_per_step` is 20, but a training step of _Model takes `model.unroll.length` x "
+            r"`model.unroll.tasks_per_step` = 20 x 2 = 40 minibatches: .* set it to 40\.")
     with pytest.raises(ConfigError, match=meta):
-        _set_up(_Model(unroll=20, tasks_per_step=2), batches_per_step=20)
+        _set_up(_Model(Unroll(length=20, tasks_per_step=2)), batches_per_step=20)
     with pytest.raises(ConfigError, match=r"is 4, but a training step of _Model takes one minibatch: .* 1\."):
         _set_up(_Model(), batches_per_step=4)
 

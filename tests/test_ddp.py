@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # real training runs
 # 4 meta-steps (2 rounds of trajectories of 2 truncations of 2 steps), 2 tasks in all, no validation
 TINY = [
     "fit", "-c", "configs/meta_train/leaky_relu.yaml",
-    "--model.init_args.n_iters", "4", "--model.init_args.unroll", "2", "--model.init_args.trajectories", "4",
+    "--model.unroll.n_iters", "4", "--model.unroll.length", "2", "--model.init_args.trajectories", "4",
     "--trainer.limit_val_batches", "0",
 ]
 # probes follow the first task of process 0
@@ -37,8 +37,8 @@ def test_two_ddp_processes_equal_one_process_with_both_tasks(mnist_dir, tmp_path
         return tmp_path / "logs" / "meta_train" / "leaky_relu" / name
 
     # task k of the single process is process k's only task: same initialisation, same minibatches
-    single = run("single", "--model.init_args.tasks_per_step", "2", "--data.batches_per_step", "4")
-    ddp = run("ddp", "--model.init_args.tasks_per_step", "1", "--data.batches_per_step", "2",
+    single = run("single", "--model.unroll.tasks_per_step", "2", "--data.batches_per_step", "4")
+    ddp = run("ddp", "--model.unroll.tasks_per_step", "1", "--data.batches_per_step", "2",
               "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp")
 
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -76,7 +76,7 @@ def test_a_truncation_diverged_on_one_process_is_skipped_on_both(mnist_dir, tmp_
              "init_args": {"folder": str(tmp_path / "weights")}}
     explode = {"class_path": "subprocess_helpers.ExplodeOnRank", "init_args": {"rank": 1, "batch": 1}}
     config = callbacks_config(tmp_path / "explode.yaml", [saver, explode], append=True)
-    result = run_l2o([*TINY, "-c", str(config), "--model.init_args.tasks_per_step", "1",
+    result = run_l2o([*TINY, "-c", str(config), "--model.unroll.tasks_per_step", "1",
                       "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
                       "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")], cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -103,8 +103,8 @@ def test_evaluation_optimizees_are_shared_out_and_gathered(mnist_dir, tmp_path):
                    "init_args": {"folder": str(tmp_path / name)}}
         config = callbacks_config(tmp_path / f"{name}.yaml", [counter], append=True)
         result = run_l2o(["test", "-c", "configs/meta_train/leaky_relu.yaml", "-c", str(config),
-                          "--ckpt_path", str(checkpoint), "--model.init_args.eval_tasks", "3",
-                          "--model.init_args.test_n_iters", "6", *args], cwd=REPO)
+                          "--ckpt_path", str(checkpoint), "--model.evaluation.tasks", "3",
+                          "--model.evaluation.test_n_iters", "6", *args], cwd=REPO)
         assert result.returncode == 0, result.stderr[-3000:]
         return raw_scalars(checkpoint.parent.parent / "test" / "last" / f"version_{version}")
 

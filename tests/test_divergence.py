@@ -18,8 +18,8 @@ from l2o_lightning.tb import raw_scalars
 pytestmark = pytest.mark.slow  # real training runs
 
 # trajectories of 2 truncations of 2 steps, no validation
-TINY = ("fit", "-c", "configs/meta_train/leaky_relu.yaml", "--model.init_args.n_iters", "4",
-        "--model.init_args.unroll", "2", "--data.batches_per_step", "2", "--trainer.limit_val_batches", "0")
+TINY = ("fit", "-c", "configs/meta_train/leaky_relu.yaml", "--model.unroll.n_iters", "4",
+        "--model.unroll.length", "2", "--data.batches_per_step", "2", "--trainer.limit_val_batches", "0")
 
 
 class ExplodeAt(L.Callback):
@@ -77,7 +77,7 @@ def test_a_diverged_truncation_is_skipped_and_its_trajectory_restarts(run_cli, t
 
 
 def test_diverging_streak_stops_meta_training_with_exit_3(run_cli, capsys):
-    code = _exit_code(run_cli, *TINY, "--model.init_args.out_mult", "1e30",
+    code = _exit_code(run_cli, *TINY, "--model.net.out_mult", "1e30",
                       "--model.init_args.max_diverged_in_a_row", "3")
     assert code == 3
     err = capsys.readouterr().err

@@ -16,6 +16,7 @@ from l2o_lightning.optimizees import MLP
 from l2o_lightning.tb import read_scalars
 from l2o_lightning.unroll import (
     Trajectory,
+    Unroll,
     first_order_loss,
     meta_objective,
     optimizee_loss_and_grad,
@@ -167,8 +168,8 @@ def test_symmetry_reg_settings_are_validated_against_the_optimizee():
 
 # ---------------------------------------------------------------------------- CLI runs on MNIST
 TINY_META_TRAINING = (
-    "--model.init_args.n_iters", "40", "--model.init_args.trajectories", "3",
-    "--model.init_args.val_n_iters", "20", "--model.init_args.eval_tasks", "2",
+    "--model.unroll.n_iters", "40", "--model.init_args.trajectories", "3",
+    "--model.evaluation.val_n_iters", "20", "--model.evaluation.tasks", "2",
     "--trainer.val_check_interval", "6",
 )
 
@@ -203,7 +204,7 @@ def test_meta_training_learns_checkpoints_and_feeds_l2o(run_cli, tmp_path):
     assert len(train_loss) == 15 and train_loss[-1][1] < train_loss[0][1]
 
     run_cli("test", "-c", "configs/meta_train/leaky_relu.yaml", "--ckpt_path", str(checkpoint),
-            "--model.init_args.test_n_iters", "30", "--model.init_args.eval_tasks", "2")
+            "--model.evaluation.test_n_iters", "30", "--model.evaluation.tasks", "2")
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]  # logged inside the run
     tested = read_scalars(run_dir / "test" / "last" / "version_0")
     assert len(tested["test/loss_curve"]) == 30
@@ -216,8 +217,8 @@ def test_meta_training_learns_checkpoints_and_feeds_l2o(run_cli, tmp_path):
 
 @pytest.mark.slow
 def test_regularized_meta_training_logs_its_penalty(run_cli, tmp_path):
-    fewer = ("--model.init_args.n_iters", "20", "--model.init_args.trajectories", "2",
-             "--model.init_args.val_n_iters", "5", "--model.init_args.eval_tasks", "1")
+    fewer = ("--model.unroll.n_iters", "20", "--model.init_args.trajectories", "2",
+             "--model.evaluation.val_n_iters", "5", "--model.evaluation.tasks", "1")
     run_cli("fit", "-c", "configs/meta_train/leaky_relu_reg.yaml", *fewer,
             "--model.init_args.symmetry_reg.beta", "0.5")
     scalars = read_scalars(tmp_path / "logs" / "meta_train" / "leaky_relu_reg" / "version_0")
@@ -234,10 +235,10 @@ def test_regularized_meta_training_logs_its_penalty(run_cli, tmp_path):
 def test_same_seed_same_meta_training_metrics(run_cli, tmp_path):
     """Every logged metric (meta-losses of 2 tasks per step, validation curves and test-split
     scores) repeats exactly with the same seed; another seed changes them."""
-    fewer = ("--model.init_args.n_iters", "20", "--model.init_args.unroll", "10",
-             "--model.init_args.tasks_per_step", "2",
-             "--model.init_args.trajectories", "4", "--model.init_args.val_n_iters", "5",
-             "--model.init_args.eval_tasks", "1", "--trainer.val_check_interval", "2",
+    fewer = ("--model.unroll.n_iters", "20", "--model.unroll.length", "10",
+             "--model.unroll.tasks_per_step", "2",
+             "--model.init_args.trajectories", "4", "--model.evaluation.val_n_iters", "5",
+             "--model.evaluation.tasks", "1", "--trainer.val_check_interval", "2",
              "--trainer.limit_val_batches", "1")
     for _ in range(2):
         run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *fewer, "--seed_everything", "7")
@@ -259,7 +260,7 @@ def test_grad_clip_rescales_the_meta_gradient_to_its_norm(run_cli, monkeypatch):
         seen.append(torch.cat([p.grad.flatten() for p in params if p.grad is not None]))
 
     monkeypatch.setattr(meta.MetaTrainModule, "on_before_optimizer_step", record)
-    tiny = ("--model.init_args.n_iters", "4", "--model.init_args.unroll", "2",
+    tiny = ("--model.unroll.n_iters", "4", "--model.unroll.length", "2",
             "--model.init_args.trajectories", "1", "--trainer.limit_val_batches", "0")
     run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *tiny)
     unclipped = seen[0]
@@ -276,12 +277,26 @@ def test_grad_clip_rescales_the_meta_gradient_to_its_norm(run_cli, monkeypatch):
     ("override", "message"),
     [
         (("--data.batches_per_step", "5"),
-         r"`data.batches_per_step` is 5, but a training step of MetaTrainModule takes `model.unroll` x "
-         r"`model.tasks_per_step` = 20 x 1 = 20 minibatches: leave `data.batches_per_step` out .* to 20"),
-        (("--data.batches_per_step", "20", "--model.init_args.tasks_per_step", "2"),
+         r"`data.batches_per_step` is 5, but a training step of MetaTrainModule takes `model.unroll.length` "
+         r"x `model.unroll.tasks_per_step` = 20 x 1 = 20 minibatches: leave `data.batches_per_step` out .* "
+         r"to 20"),
+        (("--data.batches_per_step", "20", "--model.unroll.tasks_per_step", "2"),
          r"is 20, but .* = 20 x 2 = 40 minibatches: .* set it to 40"),
-        (("--model.init_args.tasks_per_step", "0"), r"`model.tasks_per_step` must be positive, got 0"),
-        (("--model.init_args.n_iters", "50"), r"`model.n_iters` \(50\) must be a positive multiple"),
+        (("--model.unroll.tasks_per_step",
+          "0"), r"`model.unroll.tasks_per_step` must be positive, got 0"),
+        (("--model.unroll.n_iters",
+          "50"), r"`model.unroll.n_iters` \(50\) must be a positive multiple"),
+        (("--model.unroll.length", "1"), r"`model.unroll.length` must be at least 2, got 1"),
+        (("--model.evaluation.tasks", "0"), r"`model.evaluation.tasks` must be positive, got 0"),
+        (("--model.optimizee.activation",
+          "tanh"), r"unknown activation 'tanh' \(`model.optimizee.activation`\)"),
+        (("--model.net.hidden_size", "0"), r"`model.net.hidden_size` must be a positive integer, got 0"),
+        (("--model.out_mult",
+          "0.2"), r"`model.init_args.out_mult` \(on the command line\) is not a setting of "
+         r"l2o_lightning.meta.MetaTrainModule; it is `model.init_args.net.init_args.out_mult`"),
+        (("--model.unroll.lenght",
+          "3"), r"`model.init_args.unroll.lenght` \(on the command line\) is not a setting "
+         r"of l2o_lightning.meta.MetaTrainModule's `unroll`; did you mean `length`\?"),
     ],
 )
 def test_bad_meta_training_settings_are_named(run_cli, capsys, override, message):
@@ -294,7 +309,7 @@ def test_bad_meta_training_settings_are_named(run_cli, capsys, override, message
 def test_a_training_batch_of_other_size_names_batches_per_step():
     """The module's own check (the datamodule's setup refuses a mismatched ``data.batches_per_step``
     first; this catches a batch from elsewhere)."""
-    module = meta.MetaTrainModule(unroll=2, n_iters=2, tasks_per_step=2)
+    module = meta.MetaTrainModule(unroll=Unroll(length=2, n_iters=2, tasks_per_step=2))
     message = (r"= 2 x 2 = 4 minibatches, the training batch holds 3 \(`data.batches_per_step`\): leave "
                r"`data.batches_per_step` unset \(it follows the model\) or set it to 4")
     with pytest.raises(ConfigError, match=message):

@@ -61,12 +61,12 @@ def test_symmetry_groups_follow_the_architecture():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(activation="tanh"), r"unknown activation 'tanh'.*model.activation.*leaky_relu"),
-        (dict(hidden=[20, 0]), r"invalid hidden sizes \[20, 0\].*model.hidden.*positive"),
-        (dict(hidden=[-3]), r"model.hidden"),
-        (dict(hidden=[]), r"invalid hidden sizes \[\].*model.hidden"),
-        (dict(hidden=20), r"invalid hidden sizes 20.*model.hidden"),
-        (dict(hidden=[True]), r"invalid hidden sizes \[True\].*model.hidden"),
+        (dict(activation="tanh"), r"unknown activation 'tanh'.*`activation` of MLP.*leaky_relu"),
+        (dict(hidden=[20, 0]), r"invalid hidden sizes \[20, 0\].*`hidden` of MLP.*positive"),
+        (dict(hidden=[-3]), r"`hidden` of MLP"),
+        (dict(hidden=[]), r"invalid hidden sizes \[\].*`hidden` of MLP"),
+        (dict(hidden=20), r"invalid hidden sizes 20.*`hidden` of MLP"),
+        (dict(hidden=[True]), r"invalid hidden sizes \[True\].*`hidden` of MLP"),
         (dict(in_features=0), r"`in_features` of MLP must be a positive integer, got 0"),
         (dict(num_classes=-1), r"`num_classes` of MLP must be a positive integer, got -1"),
     ],

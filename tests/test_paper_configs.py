@@ -18,9 +18,9 @@ EXPERIMENTS = sorted(p for p in PAPER.glob("*/*.yaml") if p.parent.name not in (
 META_TRAININGS = sorted((PAPER / "meta_train").glob("*.yaml"))
 SHORT_TEST = ["--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
               "--trainer.limit_val_batches", "1"]
-SHORT_TRAIN = ["--model.init_args.n_iters", "4", "--model.init_args.unroll", "2",
+SHORT_TRAIN = ["--model.unroll.n_iters", "4", "--model.unroll.length", "2",
                "--model.init_args.trajectories", "2", "--model.init_args.epoch_trajectories", "1",
-               "--model.init_args.val_n_iters", "2", "--model.init_args.eval_tasks", "1",
+               "--model.evaluation.val_n_iters", "2", "--model.evaluation.tasks", "1",
                "--data.batches_per_step", "2", "--data.restart_every", "4",
                "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1"]
 LRS = {("leaky_relu", "sgd"): 0.1, ("leaky_relu", "adam"): 0.01, ("leaky_relu", "lion"): 0.005,
@@ -82,7 +82,8 @@ def test_every_paper_meta_training_runs_the_papers_recipe(config, run_cli, tmp_p
     recipe = yaml.safe_load(config.read_text())["model"]["init_args"]
     model = saved["model"]["init_args"]
     assert model["meta_loss"] == "log_sum" and recipe["trajectories"] == 1000
-    lstm = (model["hidden_size"], model["num_layers"], model["preproc_p"], model["out_mult"])
+    net = model["net"]["init_args"]
+    lstm = (net["hidden_size"], net["num_layers"], net["preproc_p"], net["out_mult"])
     assert lstm == (20, 2, 10.0, 0.1)
     assert saved["optimizer"]["class_path"] == "torch.optim.Adam"
     assert saved["optimizer"]["init_args"]["lr"] == 1e-3

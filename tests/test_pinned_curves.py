@@ -24,9 +24,9 @@ RTOL = 1e-5
 # to step 10 and by up to 2e-3 by step 30. Its pin is tight up to step 10, loose after.
 CHAOTIC_FROM, CHAOTIC_RTOL = 10, 1e-2
 META_TRAINING = (  # 2 trajectories of 40 steps in truncations of 20: 4 meta-steps, then one validation
-    "--model.init_args.n_iters", "40", "--model.init_args.unroll", "20",
-    "--model.init_args.trajectories", "2", "--model.init_args.eval_tasks", "1",
-    "--model.init_args.val_n_iters", "10", "--trainer.val_check_interval", "4",
+    "--model.unroll.n_iters", "40", "--model.unroll.length", "20",
+    "--model.init_args.trajectories", "2", "--model.evaluation.tasks", "1",
+    "--model.evaluation.val_n_iters", "10", "--trainer.val_check_interval", "4",
     "--trainer.limit_val_batches", "1", "--seed_everything", "0",
 )
 # the validation loss at optimizee steps 1 and 10: points 0 and 9 of the whole curve that 64f9581 logged

@@ -187,8 +187,8 @@ def test_probes_warn_and_stand_down_without_tensorboard(mnist_dir, tmp_path):
 def test_probes_follow_the_trajectory_during_meta_training(run_cli, tmp_path):
     def meta_train(*probes: str) -> dict:
         run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", *probes,
-                "--model.init_args.n_iters", "20", "--model.init_args.trajectories", "2",
-                "--model.init_args.val_n_iters", "5", "--model.init_args.eval_tasks", "1",
+                "--model.unroll.n_iters", "20", "--model.init_args.trajectories", "2",
+                "--model.evaluation.val_n_iters", "5", "--model.evaluation.tasks", "1",
                 "--trainer.logger.init_args.version", str(len(probes)))
         return read_scalars(tmp_path / "logs" / "meta_train" / "leaky_relu" / f"version_{len(probes)}")
 
@@ -249,7 +249,7 @@ def test_every_probe_logs_at_steps_1_and_every_10_of_a_meta_test(run_cli, tmp_pa
 def test_every_probe_logs_at_positions_1_and_every_10_of_meta_training(run_cli, tmp_path):
     config = callbacks_config(tmp_path / "probes.yaml", EVERY_10, append=True)
     run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", "-c", str(config),
-            "--model.init_args.n_iters", "35", "--model.init_args.unroll", "5",
+            "--model.unroll.n_iters", "35", "--model.unroll.length", "5",
             "--data.batches_per_step", "5", "--model.init_args.trajectories", "1",
             "--trainer.limit_val_batches", "0")
     run_dir = tmp_path / "logs" / "meta_train" / "leaky_relu" / "version_0"
@@ -274,8 +274,8 @@ def test_the_noise_probes_update_rule_during_meta_training_is_the_steps_own(run_
     rule it carries, applied to the step's own gradient, gives the update the LSTM applied: it
     runs from the first task's state before the step (not after it)."""
     monkeypatch.setattr(PublishedSteps, "seen", [])
-    run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", "--model.init_args.n_iters", "4",
-            "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
+    run_cli("fit", "-c", "configs/meta_train/leaky_relu.yaml", "--model.unroll.n_iters", "4",
+            "--model.unroll.length", "2", "--data.batches_per_step", "2",
             "--model.init_args.trajectories", "1", "--trainer.limit_val_batches", "0",
             "--trainer.callbacks+", f"{__name__}.PublishedSteps")
     steps = [step for step, _ in PublishedSteps.seen]

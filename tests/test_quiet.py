@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow  # real training runs
 
 def test_a_run_prints_no_third_party_noise(mnist_dir, tmp_path):
     # -W default: Python would show every deprecation; what stays hidden is l2o's doing
-    tiny = ["--model.init_args.n_iters", "2", "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
-            "--model.init_args.trajectories", "1", "--model.init_args.val_n_iters", "2",
-            "--model.init_args.eval_tasks", "1", "--trainer.limit_val_batches", "1"]
+    tiny = ["--model.unroll.n_iters", "2", "--model.unroll.length", "2", "--data.batches_per_step", "2",
+            "--model.init_args.trajectories", "1", "--model.evaluation.val_n_iters", "2",
+            "--model.evaluation.tasks", "1", "--trainer.limit_val_batches", "1"]
     result = subprocess.run(
         [sys.executable, "-W", "default", "-m", "l2o_lightning.cli", "fit", "-c",
          "configs/meta_train/leaky_relu.yaml", *tiny, "--trainer.enable_progress_bar", "false",

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow  # real training runs
 # 8 meta-steps: trajectories of 2 truncations of 2 steps, validation after batches 2 and 5
 TINY = [
     "fit", "-c", "configs/meta_train/leaky_relu.yaml",
-    "--model.init_args.n_iters", "4", "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
-    "--model.init_args.trajectories", "4", "--model.init_args.val_n_iters", "2",
-    "--model.init_args.eval_tasks", "1", "--trainer.val_check_interval", "3",
+    "--model.unroll.n_iters", "4", "--model.unroll.length", "2", "--data.batches_per_step", "2",
+    "--model.init_args.trajectories", "4", "--model.evaluation.val_n_iters", "2",
+    "--model.evaluation.tasks", "1", "--trainer.val_check_interval", "3",
     "--trainer.limit_val_batches", "1",
 ]
 BEST = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",

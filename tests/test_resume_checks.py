@@ -17,9 +17,9 @@ from l2o_lightning.cli import main
 pytestmark = pytest.mark.slow  # real training runs
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-TINY = ["--model.init_args.n_iters", "2", "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
+TINY = ["--model.unroll.n_iters", "2", "--model.unroll.length", "2", "--data.batches_per_step", "2",
         "--model.init_args.trajectories", "1", "--trainer.limit_val_batches", "0"]
-HIDDEN_30 = ["--model.init_args.hidden", "[30]"]
+HIDDEN_30 = ["--model.optimizee.hidden", "[30]"]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_another_configs_checkpoint_is_refused_naming_the_settings_that_differ(l
         fit(logs, "configs/meta_train/bn_relu.yaml", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
     assert exit_info.value.code == 2
     line = error_line(capsys)
-    assert "`model.activation` is 'relu' here, 'leaky_relu' in the checkpoint" in line
-    assert "`model.batchnorm` is True here, False in the checkpoint" in line
+    assert "`model.optimizee.activation` is 'relu' here, 'leaky_relu' in the checkpoint" in line
+    assert "`model.optimizee.batchnorm` is True here, False in the checkpoint" in line
     assert "hidden" not in line  # a setting both share is not named
     assert f"l2o fit -c {run / 'config.yaml'} --ckpt_path" in line
     assert not (logs / "meta_train" / "bn_relu").exists()  # nothing was written for the refused run
@@ -83,7 +83,7 @@ def test_a_changed_shape_on_resume_is_refused_and_the_saved_config_kept(logs, ca
     with pytest.raises(SystemExit) as exit_info:
         fit(logs, "configs/meta_train/leaky_relu.yaml", "--ckpt_path", "last", *HIDDEN_30)
     assert exit_info.value.code == 2
-    assert "`model.hidden` is [30] here, [20] in the checkpoint" in error_line(capsys)
+    assert "`model.optimizee.hidden` is [30] here, [20] in the checkpoint" in error_line(capsys)
     assert saved.read_bytes() == before
 
 

@@ -46,9 +46,9 @@ def test_meta_training_shows_its_total_and_validates_after_the_last_step(mnist_d
     RecordBarTotal.totals = []
     # 3 trajectories of 2 truncations; validation every 4 meta-steps would miss the last (6th)
     main(["fit", "-c", "configs/meta_train/leaky_relu.yaml", "-c", str(record),
-          "--model.init_args.n_iters", "4", "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
-          "--model.init_args.trajectories", "3", "--model.init_args.val_n_iters", "2",
-          "--model.init_args.eval_tasks", "1", "--trainer.val_check_interval", "4",
+          "--model.unroll.n_iters", "4", "--model.unroll.length", "2", "--data.batches_per_step", "2",
+          "--model.init_args.trajectories", "3", "--model.evaluation.val_n_iters", "2",
+          "--model.evaluation.tasks", "1", "--trainer.val_check_interval", "4",
           "--trainer.limit_val_batches", "1", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
           "--trainer.enable_model_summary", "false"])
     assert RecordBarTotal.totals == [6] * 6  # trajectories x n_iters / unroll, not `?`
@@ -99,7 +99,7 @@ def test_a_resumed_meta_training_shows_its_budget_as_total(mnist_dir, tmp_path, 
         RecordBarTotal.totals, RecordEpochLoss.seen = [], []
         # 3 trajectories of 2 truncations: a budget of 6 meta-steps; an epoch of 1 trajectory
         main(["fit", "-c", "configs/meta_train/leaky_relu.yaml", "-c", str(config),
-              "--model.init_args.n_iters", "4", "--model.init_args.unroll", "2",
+              "--model.unroll.n_iters", "4", "--model.unroll.length", "2",
               "--model.init_args.epoch_trajectories", "1",
               "--data.batches_per_step", "2", "--model.init_args.trajectories", "3",
               "--trainer.limit_val_batches", "0", "--trainer.enable_model_summary", "false",

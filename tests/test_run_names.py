@@ -10,9 +10,9 @@ from l2o_lightning.tb import read_scalars
 
 pytestmark = pytest.mark.slow  # real training runs
 
-TINY = ["--model.init_args.n_iters", "2", "--model.init_args.unroll", "2", "--data.batches_per_step", "2",
+TINY = ["--model.unroll.n_iters", "2", "--model.unroll.length", "2", "--data.batches_per_step", "2",
         "--model.init_args.trajectories", "1", "--trainer.limit_val_batches", "0"]
-TEST = ["--model.init_args.test_n_iters", "3", "--model.init_args.eval_tasks", "1",
+TEST = ["--model.evaluation.test_n_iters", "3", "--model.evaluation.tasks", "1",
         "--trainer.limit_test_batches", "1"]
 
 
@@ -36,10 +36,11 @@ def test_testing_a_meta_training_checkpoint_logs_inside_its_run(run_cli, tmp_pat
     assert (run / "config.yaml").read_bytes() == trained_config
     tested = run / "test" / "last" / "version_0"
     assert len(read_scalars(tested)["test/loss_curve"]) == 3
-    assert yaml.safe_load((tested / "config.yaml").read_text())["model"]["init_args"]["test_n_iters"] == 3
+    evaluation = yaml.safe_load((tested / "config.yaml").read_text())["model"]["init_args"]["evaluation"]
+    assert evaluation["test_n_iters"] == 3
     # testing it again, longer, logs apart: nothing of the first test is overwritten or dropped
     run_cli("test", "-c", "configs/meta_train/leaky_relu.yaml", *TINY, *TEST, "--ckpt_path", checkpoint,
-            "--model.init_args.test_n_iters", "4")
+            "--model.evaluation.test_n_iters", "4")
     assert len(read_scalars(tested)["test/loss_curve"]) == 3
     assert len(read_scalars(run / "test" / "last" / "version_1")["test/loss_curve"]) == 4
 
