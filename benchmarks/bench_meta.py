@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from l2o_lightning.allocator import keep_freed_memory
 from l2o_lightning.checkpoints import checkpoint_entry
 from l2o_lightning.data import load_mnist, resolve_data_dir
 from l2o_lightning.learned import LSTMOptimizerNet, LSTMState, preprocess_gradients
@@ -110,6 +111,7 @@ class MetaTrainRun:
     """Truncations of meta-training on one optimizee (as ``MetaTrainModule.training_step``)."""
 
     def __init__(self, xs: torch.Tensor, ys: torch.Tensor, kernels: PointwiseKernels | None = None) -> None:
+        keep_freed_memory()  # as MetaTrainModule.on_fit_start
         torch.manual_seed(0)
         self.optimizee = MLP().requires_grad_(False)
         self.net = LSTMOptimizerNet()

@@ -44,6 +44,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from l2o_lightning.allocator import keep_freed_memory
 from l2o_lightning.checkpoints import (
     CHECKPOINT_KEY,
     TRAINING_STATE_KEY,
@@ -172,6 +173,7 @@ class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
 
     # ------------------------------------------------------------------ meta-training
     def on_fit_start(self) -> None:
+        keep_freed_memory()  # each truncation frees and reallocates what autograd saved
         world, rank = self.trainer.world_size, self.global_rank
         self.task_ids = [k * world + rank for k in range(self.unroll.tasks_per_step)]
         self.step_listeners = step_listeners(self.trainer)

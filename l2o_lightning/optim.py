@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from l2o_lightning import pretrained
+from l2o_lightning.allocator import keep_freed_memory
 from l2o_lightning.checkpoints import l2o_entry, net_from_checkpoint_entry, read_checkpoint
 from l2o_lightning.dynamics import functional_optim
 from l2o_lightning.dynamics.functional_optim import FunctionalOptimizer, state_entries, state_from_entries
@@ -135,6 +136,7 @@ class L2O(FunctionalShell):
     """
 
     def __init__(self, params: Iterable, checkpoint: str, out_mult: float | None = None) -> None:
+        keep_freed_memory()  # every step allocates and frees the LSTM's MiB-sized buffers
         net = load_lstm_optimizer(checkpoint)
         if out_mult is not None:
             net.out_mult = out_mult
