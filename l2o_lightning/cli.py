@@ -11,6 +11,7 @@ import sys
 import typing
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -160,12 +161,13 @@ def _unknown_setting(message: str, argv: list[str], subcommand_parsers: dict) ->
     subcommand = next((token for token in argv if token in SUBCOMMANDS), None)
     nested = _unknown_class_setting(message)
     if nested is not None:
-        path, owner, valid = nested
-        key = path[-1]
-        inner = _inner_setting(owner, key) if not owner.endswith("`") else None
-        hint = f"; it is `{'.'.join([*path[:-1], inner])}`." if inner else _did_you_mean(key, valid)
-        return (f"`{'.'.join(path)}`{_given_in(argv, path)} is not a setting of {owner}"
-                f"{hint} Its settings: {', '.join(valid) or 'none'}.")
+        key = nested.path[-1]
+        inner = _inner_setting(nested.owner, key) if nested.group is None else None
+        moved = f"; it is `{'.'.join([*nested.path[:-1], inner])}`." if inner else None
+        hint = moved or _did_you_mean(key, nested.valid)
+        owner = nested.owner if nested.group is None else f"{nested.owner}'s `{nested.group}`"
+        return (f"`{'.'.join(nested.path)}`{_given_in(argv, nested.path)} is not a setting of {owner}"
+                f"{hint} Its settings: {', '.join(nested.valid) or 'none'}.")
     match = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", message)
     if match is None or subcommand not in subcommand_parsers:
         return None
@@ -175,12 +177,22 @@ def _unknown_setting(message: str, argv: list[str], subcommand_parsers: dict) ->
             f"{_did_you_mean(key, valid)} Run `l2o {subcommand} --help` for the accepted settings.")
 
 
-def _unknown_class_setting(message: str) -> tuple[list[str], str, list[str]] | None:
+class UnknownSetting(NamedTuple):
+    """An unknown key of a class-path setting: its full key path, the class (import path) whose
+    settings, or whose settings group ``group`` (e.g. MetaTrainModule's ``unroll``), lack it, and
+    the settings they have."""
+
+    path: list[str]
+    owner: str
+    group: str | None
+    valid: list[str]
+
+
+def _unknown_class_setting(message: str) -> UnknownSetting | None:
     """From jsonargparse's report of an unknown key of a class-path setting (the model, the
     optimizer, or an object inside them such as ``model.optimizee``, or a settings group such as
-    ``model.unroll``): its full key path, the class (its import path) or group (``<class>'s
-    `<group>```) that lacks it, and that one's settings; ``None`` when ``message`` reports
-    something else."""
+    ``model.unroll``) the :class:`UnknownSetting`; ``None`` when ``message`` reports something
+    else."""
     keys = re.findall(r'Parser key "(\w+)"', message)
     classes = re.findall(r"Problem with given class_path '([\w.]+)'", message)
     end = re.search(r"Group '(\w+)' does not accept option '(\w+)'|Option '(\w+)' is not accepted"
@@ -196,11 +208,11 @@ def _unknown_class_setting(message: str) -> tuple[list[str], str, list[str]] | N
     linked = {"optimizer": ("params",), "lr_scheduler": ("optimizer",)}.get(keys[0], ())
     linked = linked if len(keys) == 1 else ()
     if group is None:
-        return [*path, key], classes[-1], _init_settings(classes[-1], skip=linked)
+        return UnknownSetting([*path, key], classes[-1], None, _init_settings(classes[-1], skip=linked))
     default = inspect.signature(import_object(classes[-1])).parameters[group].default
     is_group = dataclasses.is_dataclass(default)
     fields = [field.name for field in dataclasses.fields(default)] if is_group else []
-    return [*path, group, key], f"{classes[-1]}'s `{group}`", fields
+    return UnknownSetting([*path, group, key], classes[-1], group, fields)
 
 
 def _inner_setting(class_path: str, key: str) -> str | None:
