@@ -38,7 +38,9 @@ NATIVE_SWITCH = "L2O_NATIVE_KERNELS"  # "0" turns the C kernels off
 _log = logging.getLogger(__name__)
 
 
-def lstm_pointwise_forward(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def lstm_pointwise_forward(
+    z: Tensor, c: Tensor, out: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The elementwise part of an LSTM step.
 
     With pre-activations ``z = [z_i, z_f, 2 z_g, z_o]`` (``[..., 4H]``, the candidate's scaled
@@ -49,13 +51,15 @@ def lstm_pointwise_forward(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor
     on CPU, equal within rounding).
 
     Returns:
-        ``(h', c', s, tanh(c'))``; the last two are what the backward needs.
+        ``(h', c', s, tanh(c'))``; the last two are what the backward needs. ``h', c'`` are
+        written into ``out`` when it is given (their preallocated places).
     """
+    h_out, c_out = out if out is not None else (None, None)
     s = torch.sigmoid(z)
     i, f, s_g, o = s.chunk(_GATES, dim=-1)
-    c_next = torch.addcmul(f * c, i, s_g, value=2).sub_(i)  # f c + i (2 s_g - 1)
+    c_next = torch.addcmul(f * c, i, s_g, value=2, out=c_out).sub_(i)  # f c + i (2 s_g - 1)
     tanh_c = torch.sigmoid(2 * c_next).mul_(2).sub_(1)
-    return o * tanh_c, c_next, s, tanh_c
+    return torch.mul(o, tanh_c, out=h_out), c_next, s, tanh_c
 
 
 def lstm_pointwise_backward(
@@ -73,7 +77,8 @@ def lstm_pointwise_backward(
 @dataclass(frozen=True)
 class PointwiseKernels:
     """How :class:`LSTMNetworkStep` runs its elementwise work: eagerly, natively (C) or
-    compiled. ``forward(z, c) -> (h', c', s, tanh(c'))`` may overwrite ``z`` (with ``s``)."""
+    compiled. ``forward(z, c, out=None) -> (h', c', s, tanh(c'))`` may overwrite ``z`` (with
+    ``s``), and writes ``h', c'`` into ``out`` when given."""
 
     forward: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]] = lstm_pointwise_forward
     backward: Callable[..., tuple[Tensor, Tensor]] = lstm_pointwise_backward
@@ -86,7 +91,15 @@ EAGER_KERNELS = PointwiseKernels()
 def compiled_kernels() -> PointwiseKernels:
     """The pointwise kernels through ``torch.compile``: one fused loop each instead of a
     dozen passes over memory (the same formulas, equal within float rounding)."""
-    return PointwiseKernels(torch.compile(lstm_pointwise_forward), torch.compile(lstm_pointwise_backward))
+    forward = torch.compile(lstm_pointwise_forward)
+
+    def compiled_forward(z: Tensor, c: Tensor, out: tuple[Tensor, Tensor] | None = None):
+        h_next, c_next, s, tanh_c = forward(z, c)
+        if out is None:
+            return h_next, c_next, s, tanh_c
+        return out[0].copy_(h_next), out[1].copy_(c_next), s, tanh_c
+
+    return PointwiseKernels(compiled_forward, torch.compile(lstm_pointwise_backward))
 
 
 def build_native_library(directory: Path) -> ctypes.CDLL:
@@ -135,12 +148,16 @@ def _native_fits(z: Tensor, *tensors: Tensor) -> bool:
     )
 
 
-def native_pointwise_forward(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`lstm_pointwise_forward` in one C pass, ``z`` overwritten with ``s``; other
-    tensors (dtypes, devices, shapes) go to the eager kernel."""
-    if not _native_fits(z, c):
-        return lstm_pointwise_forward(z, c)
-    h_next, c_next, tanh_c = (torch.empty_like(c) for _ in range(3))
+def native_pointwise_forward(
+    z: Tensor, c: Tensor, out: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`lstm_pointwise_forward` in one C pass, ``z`` overwritten with ``s``, ``h', c'``
+    written into ``out`` when given; other tensors (dtypes, devices, shapes) go to the eager
+    kernel."""
+    if not _native_fits(z, c, *(out or ())):
+        return lstm_pointwise_forward(z, c, out)
+    h_next, c_next = out if out is not None else (torch.empty_like(c), torch.empty_like(c))
+    tanh_c = torch.empty_like(c)
     native_library().lstm_pointwise_forward(
         *c.shape, z.data_ptr(), c.data_ptr(), h_next.data_ptr(), c_next.data_ptr(), tanh_c.data_ptr()
     )
@@ -188,25 +205,26 @@ class LSTMNetworkStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h, c, head_weight, head_bias, out_mult, kernels, *gates):
         layers = len(gates) // 3
-        inputs, saved, h_out, c_out = [x], [], [], []
+        # each layer writes its new state into its place of the outputs: no stacking copy, and
+        # the layers' inputs are saved as the output h' itself, whose storage the next step takes
+        h_out, c_out = torch.empty_like(h), torch.empty_like(c)
+        inputs, saved = [x], []
         for layer in range(layers):
             w_ih, w_hh, bias = gates[3 * layer : 3 * layer + 3]
             z = torch.addmm(bias, h[layer], w_hh).addmm_(inputs[-1], w_ih)
-            h_next, c_next, s, tanh_c = kernels.forward(z, c[layer])
+            h_next, _, s, tanh_c = kernels.forward(z, c[layer], out=(h_out[layer], c_out[layer]))
             saved += [s, tanh_c]
-            h_out.append(h_next)
-            c_out.append(c_next)
             inputs.append(h_next)
         update = torch.addmm(head_bias, inputs[-1], head_weight.t()).squeeze(-1).mul_(out_mult)
-        ctx.save_for_backward(h, c, head_weight, *inputs, *saved, *gates)
+        ctx.save_for_backward(h, c, head_weight, x, h_out, *saved, *gates)  # layer l > 0 takes h_out[l - 1]
         ctx.layers, ctx.out_mult, ctx.kernels = layers, out_mult, kernels
-        return update, torch.stack(h_out), torch.stack(c_out)
+        return update, h_out, c_out
 
     @staticmethod
     def backward(ctx, grad_update, grad_h_out, grad_c_out):
         layers, out_mult = ctx.layers, ctx.out_mult
-        h, c, head_weight, *rest = ctx.saved_tensors
-        inputs, saved, gates = rest[: layers + 1], rest[layers + 1 : 3 * layers + 1], rest[3 * layers + 1 :]
+        h, c, head_weight, x, h_out, *rest = ctx.saved_tensors
+        inputs, saved, gates = [x, *h_out.unbind(0)], rest[: 2 * layers], rest[2 * layers :]
         grad_update = grad_update * out_mult  # [N]
         grad_head_weight = (grad_update @ inputs[-1])[None]
         grad_head_bias = grad_update.sum(0, keepdim=True)
