@@ -80,26 +80,24 @@ _CKPT_HINT = "pass a checkpoint written by `l2o fit -c configs/meta_train/<optim
 class MetaTrainModule(TrajectoryEvaluation, L.LightningModule):
     """Meta-train :class:`~l2o_lightning.learned.LSTMOptimizerNet` on an MLP optimizee.
 
-    One training step is one truncation of ``tasks_per_step`` trajectories (manual
+    One training step is one truncation of ``unroll.tasks_per_step`` trajectories (manual
     optimization). Logs per truncation, averaged over processes: ``meta/loss`` (the
     meta-objective), ``meta/optimizee_loss`` (mean step loss), ``meta/trajectory_step``
     (optimizee step at its end), ``meta/trajectory`` (trajectories started, over all tasks and
     processes) and ``meta/diverged`` (truncations skipped so far); after every
     ``epoch_trajectories`` ended trajectories, ``meta/epoch_loss``: their mean summed
-    optimizee loss ``sum_t L_t`` over the ``n_iters`` steps (the paper keeps the epoch with the
-    lowest; a ``ModelCheckpoint`` can monitor it). Each validation (test)
-    trains ``evaluation.tasks`` fresh optimizees for ``evaluation.val_n_iters`` (``test_n_iters``) steps
-    and logs
-    ``val/final_loss``, ``val/mean_loss`` (the optimizee training loss at the last step and
-    averaged over the trajectory, mean over tasks), ``val/final_test_loss``,
+    optimizee loss ``sum_t L_t`` over the ``unroll.n_iters`` steps (the paper keeps the epoch
+    with the lowest; a ``ModelCheckpoint`` can monitor it). Each validation (test) trains
+    ``evaluation.tasks`` fresh optimizees for ``evaluation.val_n_iters`` (``test_n_iters``)
+    steps and logs ``val/final_loss``, ``val/mean_loss`` (the optimizee training loss at the
+    last step and averaged over the trajectory, mean over tasks), ``val/final_test_loss``,
     ``val/final_test_acc`` (final optimizees on the MNIST test split), and
     ``val/loss_curve/step_<k>``: the loss at optimizee step ``k`` of
-    :data:`~l2o_lightning.meta_eval.VAL_CURVE_STEPS` (1-based, up to ``evaluation.val_n_iters``) with the
-    meta-step as x-axis; ``test/...`` likewise,
-    except that the test logs the whole curve ``test/loss_curve`` (x: the 0-based optimizee
-    step). With the progress bar on, a bar counts the trajectories' optimizee steps.
-    Checkpoints carry an ``"l2o"`` entry that :class:`~l2o_lightning.optim.L2O` loads, and the
-    state resuming needs (module docstring).
+    :data:`~l2o_lightning.meta_eval.VAL_CURVE_STEPS` (1-based, up to ``evaluation.val_n_iters``)
+    with the meta-step as x-axis; ``test/...`` likewise, except that the test logs the whole
+    curve ``test/loss_curve`` (x: the 0-based optimizee step). With the progress bar on, a bar
+    counts the trajectories' optimizee steps. Checkpoints carry an ``"l2o"`` entry that
+    :class:`~l2o_lightning.optim.L2O` loads, and the state resuming needs (module docstring).
 
     A truncation whose optimizee loss or update (or meta-gradient) is not finite on any
     process takes no meta-step: its trajectories are dropped (the next truncation starts a
