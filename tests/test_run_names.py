@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from l2o_lightning.cli_runs import _fill_run_name
 from l2o_lightning.tb import read_scalars
 
 pytestmark = pytest.mark.slow  # real training runs
@@ -52,3 +53,16 @@ def test_testing_last_without_a_run_names_where_it_looked(run_cli, tmp_path, cap
     err = capsys.readouterr().err
     runs = tmp_path / "logs" / "meta_train" / "leaky_relu"
     assert f"`--ckpt_path last` finds no run of this config under '{runs}'" in err
+
+
+@pytest.mark.parametrize("model", [
+    {"class_path": "l2o_lightning.optimizee_module.OptimizeeModule",
+     "init_args": {"hidden": [20], "activation": "relu", "batchnorm": True}},
+    {"class_path": "l2o_lightning.meta.MetaTrainModule",  # the MLP is an object: model.optimizee
+     "init_args": {"optimizee": {"class_path": "l2o_lightning.optimizees.MLP",
+                                 "init_args": {"hidden": [20], "activation": "relu", "batchnorm": True}}}},
+], ids=["meta_test", "meta_train"])
+def test_the_optimizee_placeholder_names_the_mlp_wherever_the_model_takes_it(model):
+    config = {"model": model, "trainer": {"logger": {"init_args": {"name": "{optimizee}/runs"}}}}
+    _fill_run_name(config)
+    assert config["trainer"]["logger"]["init_args"]["name"] == "bn_relu/runs"
