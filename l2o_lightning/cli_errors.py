@@ -80,9 +80,7 @@ def _unknown_class_setting(message: str) -> UnknownSetting | None:
     if group is None:
         return UnknownSetting([*path, key], classes[-1], None, _init_settings(classes[-1], skip=linked))
     default = inspect.signature(import_object(classes[-1])).parameters[group].default
-    is_group = dataclasses.is_dataclass(default)
-    fields = [field.name for field in dataclasses.fields(default)] if is_group else []
-    return UnknownSetting([*path, group, key], classes[-1], group, fields)
+    return UnknownSetting([*path, group, key], classes[-1], group, _group_fields(default) or [])
 
 
 def _inner_setting(class_path: str, key: str) -> str | None:
@@ -95,8 +93,9 @@ def _inner_setting(class_path: str, key: str) -> str | None:
     except (ImportError, AttributeError, NameError, TypeError):
         return None
     for arg, parameter in inspect.signature(cls).parameters.items():
-        if dataclasses.is_dataclass(parameter.default):
-            if key in {field.name for field in dataclasses.fields(parameter.default)}:
+        fields = _group_fields(parameter.default)
+        if fields is not None:
+            if key in fields:
                 return f"{arg}.{key}"
             continue
         for inner in typing.get_args(hints.get(arg)) or (hints.get(arg),):
@@ -105,6 +104,14 @@ def _inner_setting(class_path: str, key: str) -> str | None:
             ):
                 return f"{arg}.init_args.{key}"
     return None
+
+
+def _group_fields(default: object) -> list[str] | None:
+    """The settings of a settings-group argument (its default is a dataclass, e.g.
+    MetaTrainModule's ``unroll``); ``None`` for any other argument."""
+    if not dataclasses.is_dataclass(default):
+        return None
+    return [field.name for field in dataclasses.fields(default)]
 
 
 def _init_settings(class_path: str, skip: tuple[str, ...]) -> list[str]:
