@@ -1,7 +1,7 @@
 """Keep freed memory inside the process while meta-training and meta-testing the LSTM.
 
-Every truncation's backward frees what autograd saved for it (18.6 MiB per optimizee step of
-the paper's MLP, ≈ 370 MiB for a truncation of 20), in blocks of a few MiB. glibc's malloc
+Every truncation's backward frees what autograd saved for it (16.5 MiB per optimizee step of
+the paper's MLP, ≈ 330 MiB for a truncation of 20), in blocks of a few MiB. glibc's malloc
 hands blocks above its mmap threshold back to the OS when they are freed, and trims the top of
 its heap, so the next truncation faults the same pages in again, each one zeroed by the
 kernel: 600-900 page faults and ~1.5 ms per optimizee step of ~16 ms on the benchmark
